@@ -1,0 +1,289 @@
+"""GPT-2 in plain NumPy: the model, fast generation with a key/value cache, and the command line.
+
+Read top-down: small building blocks, attention and the transformer block, the model, then
+generation and sampling, then main. gpt2_pico.py is the same model without the cache, as a tutorial.
+Everything is float32; shapes are written [n_seq, n_embd] etc. next to each line that changes one.
+"""
+import argparse
+import math
+import sys
+
+import numpy as np
+
+
+def gelu(x):
+    """GELU as GPT-2 computes it: the tanh approximation ("gelu_new" in HuggingFace transformers)."""
+    # math.sqrt keeps the constant a Python float: np.sqrt would make it float64 and promote x
+    return 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)))
+
+
+def softmax(x):
+    exp_x = np.exp(x - np.max(x, axis=-1, keepdims=True))  # subtract the max so exp cannot overflow
+    return exp_x / np.sum(exp_x, axis=-1, keepdims=True)
+
+
+def layer_norm(x, g, b, eps=1e-5):  # [n_seq, n_embd] -> [n_seq, n_embd]
+    mean = np.mean(x, axis=-1, keepdims=True)
+    variance = np.var(x, axis=-1, keepdims=True)
+    return g * (x - mean) / np.sqrt(variance + eps) + b
+
+
+def linear(x, w, b):  # [n_seq, n_in] -> [n_seq, n_out]
+    return x @ w + b
+
+
+def ffn(x, c_fc, c_proj):  # [n_seq, n_embd] -> [n_seq, n_embd]
+    return linear(gelu(linear(x, **c_fc)), **c_proj)  # [n_seq, n_embd] -> [n_seq, 4*n_embd] -> [n_seq, n_embd]
+
+
+def causal_mask(n_seq, start):  # -> [n_seq, start + n_seq]
+    """Row i (at position start + i) may attend to positions 0 .. start + i: -inf hides the rest."""
+    return np.triu(np.full((n_seq, start + n_seq), -np.inf, dtype=np.float32), k=start + 1)
+
+
+def attention(q, k, v, mask):  # [n_head, n_seq, head_dim], [n_head, n_kv, head_dim] x2, [n_seq, n_kv] -> [n_head, n_seq, head_dim]
+    q = q * (1 / math.sqrt(q.shape[-1]))  # scale queries (fewer numbers than scores)
+    scores = q @ k.transpose(0, 2, 1) + mask  # [n_head, n_seq, head_dim] @ [n_head, head_dim, n_kv] -> [n_head, n_seq, n_kv]
+    return softmax(scores) @ v  # [n_head, n_seq, n_kv] @ [n_head, n_kv, head_dim] -> [n_head, n_seq, head_dim]
+
+
+def remember(kv, k, v, start):  # [n_head, n_seq, head_dim] x2 -> [n_head, start + n_seq, head_dim] x2
+    """Write this step's keys and values into the layer's cache; return all keys and values so far."""
+    if kv is None:  # no cache: attend over this call's own tokens only
+        return k, v
+    end = start + k.shape[1]
+    kv[0, :, start:end] = k
+    kv[1, :, start:end] = v
+    return kv[0, :, :end], kv[1, :, :end]
+
+
+def mha(x, c_attn, c_proj, n_head, kv, start, mask):  # [n_seq, n_embd] -> [n_seq, n_embd]
+    n_seq, n_embd = x.shape
+    qkv = linear(x, **c_attn)  # [n_seq, n_embd] -> [n_seq, 3*n_embd]
+    q, k, v = qkv.reshape(n_seq, 3, n_head, -1).transpose(1, 2, 0, 3)  # -> 3 x [n_head, n_seq, head_dim]
+    k, v = remember(kv, k, v, start)  # -> 2 x [n_head, n_kv, head_dim], n_kv = start + n_seq
+    out = attention(q, k, v, mask)  # all heads in one batched product -> [n_head, n_seq, head_dim]
+    out = out.transpose(1, 0, 2).reshape(n_seq, n_embd)  # [n_head, n_seq, head_dim] -> [n_seq, n_embd]
+    return linear(out, **c_proj)  # [n_seq, n_embd] -> [n_seq, n_embd]
+
+
+def transformer_block(x, mlp, attn, ln_1, ln_2, n_head, kv=None, start=0, mask=None):  # [n_seq, n_embd] -> [n_seq, n_embd]
+    x = x + mha(layer_norm(x, **ln_1), **attn, n_head=n_head, kv=kv, start=start, mask=mask)  # pre-norm attention
+    x = x + ffn(layer_norm(x, **ln_2), **mlp)  # pre-norm feed-forward
+    return x
+
+
+def transformer(inputs, wte, wpe, blocks, ln_f, n_head, kv_cache=None, start=0):  # [n_seq] -> [n_seq, n_embd]
+    """The hidden state after the final layer norm, for tokens at positions start .. start + n_seq - 1."""
+    x = wte[inputs] + wpe[start : start + len(inputs)]  # [n_seq] -> [n_seq, n_embd]
+    mask = causal_mask(len(inputs), start)  # [n_seq, start + n_seq]
+    for layer, block in enumerate(blocks):
+        kv = None if kv_cache is None else kv_cache[layer]  # [2, n_head, n_cache, head_dim]
+        x = transformer_block(x, **block, n_head=n_head, kv=kv, start=start, mask=mask)
+    return layer_norm(x, **ln_f)
+
+
+def gpt2(inputs, wte, wpe, blocks, ln_f, n_head, kv_cache=None, start=0):  # [n_seq] -> [n_seq, n_vocab]
+    x = transformer(inputs, wte, wpe, blocks, ln_f, n_head, kv_cache, start)  # [n_seq] -> [n_seq, n_embd]
+    return x @ wte.T  # the head reuses the token embeddings: [n_seq, n_embd] -> [n_seq, n_vocab]
+
+
+def new_kv_cache(params, n_head, n_tokens):  # -> [n_layer, 2, n_head, n_tokens, head_dim]
+    """Room for the keys and values of n_tokens positions in every layer, allocated once.
+
+    np.empty reserves address space only: pages count in memory once generation writes them.
+    """
+    n_embd = params["wpe"].shape[1]
+    return np.empty((len(params["blocks"]), 2, n_head, n_tokens, n_embd // n_head), dtype=np.float32)
+
+
+class ContextError(ValueError):
+    """The prompt and the tokens to generate do not fit the model's context."""
+
+
+def check_context(n_prompt, n_tokens_to_generate, n_ctx):
+    if n_prompt < 1:
+        raise ContextError("inputs is empty: start from [encoder.eot_token] for an unconditional sample")
+    if n_prompt + n_tokens_to_generate > n_ctx:
+        raise ContextError(
+            f"the prompt ({n_prompt} tokens) plus {n_tokens_to_generate} new tokens exceeds the model's "
+            f"context of {n_ctx} tokens: shorten the prompt or generate fewer tokens"
+        )
+
+
+def generate_steps(inputs, params, n_head, n_tokens_to_generate, pick=np.argmax):
+    """Yield (token, logits [n_vocab]) for each new token: one pass over the prompt, then one token per step.
+
+    The key/value cache lets each step run the blocks on the new token only; the head (the largest
+    matrix) is applied to the last position only. pick(logits) chooses a token (default: greedy).
+    """
+    check_context(len(inputs), n_tokens_to_generate, params["wpe"].shape[0])
+    kv_cache = new_kv_cache(params, n_head, len(inputs) + n_tokens_to_generate)
+    x = transformer(list(inputs), **params, n_head=n_head, kv_cache=kv_cache)  # prefill: [n_prompt, n_embd]
+    for step in range(n_tokens_to_generate):
+        logits = x[-1] @ params["wte"].T  # [n_embd] -> [n_vocab]
+        token = int(pick(logits))
+        yield token, logits
+        if step + 1 < n_tokens_to_generate:  # no forward pass after the last token
+            x = transformer([token], **params, n_head=n_head, kv_cache=kv_cache, start=len(inputs) + step)
+
+
+def generate(inputs, params, n_head, n_tokens_to_generate, pick=np.argmax):
+    """picoGPT's API: the list of new token ids (greedy unless pick says otherwise)."""
+    return [token for token, _ in generate_steps(inputs, params, n_head, n_tokens_to_generate, pick)]
+
+
+# ---------------------------------------------------------------- sampling
+
+
+def sampling_probs(logits, temperature=1.0, top_k=0, top_p=1.0):  # [n_vocab] -> [n_vocab]
+    """The distribution a token is drawn from: softmax(logits / T), keeping only the top_k most likely
+    tokens (0: all), then the smallest set of most likely tokens whose probability reaches top_p, renormalised.
+    """
+    probs = softmax(logits / np.float32(temperature))
+    order = np.argsort(-probs, kind="stable")  # most likely first; ties keep the lower id first, like argmax
+    kept = order[:top_k] if top_k else order
+    kept_probs = probs[kept] / np.sum(probs[kept])
+    mass_before = np.cumsum(kept_probs) - kept_probs  # probability of the tokens ranked above each one
+    kept = kept[mass_before < top_p]  # the first token always stays: mass_before is 0 there
+    filtered = np.zeros_like(probs)
+    filtered[kept] = probs[kept]
+    return filtered / np.sum(filtered)
+
+
+def make_picker(temperature=0.0, top_k=0, top_p=1.0, seed=None):
+    """pick(logits) -> token id. Temperature 0 is greedy; otherwise draw from sampling_probs with a seeded RNG."""
+    if temperature == 0:
+        return np.argmax
+    rng = np.random.default_rng(seed)
+
+    def pick(logits):
+        cumulative = np.cumsum(sampling_probs(logits, temperature, top_k, top_p))
+        # inverse transform sampling; the min guards against float32 round-off leaving the total below 1
+        return min(int(np.searchsorted(cumulative, rng.random() * cumulative[-1], side="right")), len(logits) - 1)
+
+    return pick
+
+
+# ---------------------------------------------------------------- command line
+
+
+class OneLineErrorParser(argparse.ArgumentParser):
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def positive_int(text):
+    value = int(text)  # argparse turns a ValueError into "invalid positive_int value: 'x'"
+    if value < 1:
+        raise ValueError(text)
+    return value
+
+
+def non_negative_int(text):
+    value = int(text)
+    if value < 0:
+        raise ValueError(text)
+    return value
+
+
+def non_negative_float(text):
+    value = float(text)
+    if not value >= 0 or math.isinf(value):  # also rejects nan
+        raise ValueError(text)
+    return value
+
+
+def probability(text):
+    value = float(text)
+    if not 0 < value <= 1:
+        raise ValueError(text)
+    return value
+
+
+def parse_args(argv=None):
+    from utils import MODEL_SIZES
+
+    parser = OneLineErrorParser(
+        description="Continue a prompt with OpenAI's GPT-2, in plain NumPy.",
+        epilog="A prompt that starts with '-' goes after '--', e.g. gpt2.py -- '-1 is a number'.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("prompt", help="text to continue, exactly as typed ('' for an unconditional sample)")
+    parser.add_argument("--n_tokens_to_generate", type=positive_int, default=40, help="how many tokens to add")
+    parser.add_argument("--model_size", choices=MODEL_SIZES, default="124M", help="which GPT-2 release")
+    parser.add_argument("--models_dir", default="models", help="where model files are kept (downloaded on first use)")
+    parser.add_argument("--base_url", default=None, help="download from here instead of OpenAI's bucket (or set GPT2_BASE_URL)")
+    parser.add_argument("--temperature", type=non_negative_float, default=0.0, help="0: greedy; higher: more random")
+    parser.add_argument("--top_k", type=non_negative_int, default=0, help="sample among the K most likely tokens (0: all)")
+    parser.add_argument("--top_p", type=probability, default=1.0, help="sample among the most likely tokens holding this much probability (1: all)")
+    parser.add_argument("--seed", type=int, default=None, help="random seed: the same seed gives the same sample")
+    parser.add_argument("--ignore_eos", action="store_true", help="keep going after <|endoftext|> instead of stopping")
+    parser.add_argument("--show_probs", type=non_negative_int, default=0, metavar="K", help="print the top K candidates of every step on stderr")
+    parser.add_argument("--threads", type=positive_int, default=None, help="BLAS threads (default: as OMP_NUM_THREADS / OPENBLAS_NUM_THREADS, else all cores)")
+    return parser.parse_args(argv)
+
+
+def token_repr(encoder, token):
+    return repr(encoder.decode([token]))
+
+
+def describe_step(encoder, step, logits, token, k):
+    """One line for --show_probs: the model's top k next tokens with their probabilities, and the pick."""
+    probs = softmax(logits)  # the model's own distribution (temperature 1, before any filtering)
+    top = np.argsort(-probs, kind="stable")[:k]
+    candidates = "  ".join(f"{token_repr(encoder, t)} {probs[t]:.1%}" for t in top)
+    return f"step {step + 1:>4}: chose {token_repr(encoder, token)} ({probs[token]:.1%})  | {candidates}"
+
+
+def stream_continuation(encoder, steps, eot_token, show_probs, out, err):
+    """Write each token's text to `out` as soon as it forms complete UTF-8 characters; stop at eot_token."""
+    import codecs
+
+    utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")  # holds back a split character
+    for step, (token, logits) in enumerate(steps):
+        if show_probs:
+            print(describe_step(encoder, step, logits, token, show_probs), file=err, flush=True)
+        if token == eot_token:
+            break
+        out.write(utf8.decode(encoder.decode_bytes([token])).encode("utf-8"))
+        out.flush()
+    out.write(utf8.decode(b"", final=True).encode("utf-8"))
+    out.flush()
+
+
+def run(args):
+    from utils import load_encoder_hparams_and_params
+
+    encoder, hparams, params = load_encoder_hparams_and_params(args.model_size, args.models_dir, args.base_url)
+    inputs = encoder.encode(args.prompt) or [encoder.eot_token]  # empty prompt: start a new document
+    check_context(len(inputs), args.n_tokens_to_generate, hparams["n_ctx"])
+    pick = make_picker(args.temperature, args.top_k, args.top_p, args.seed)
+    steps = generate_steps(inputs, params, hparams["n_head"], args.n_tokens_to_generate, pick)
+    eot_token = None if args.ignore_eos else encoder.eot_token
+    stream_continuation(encoder, steps, eot_token, args.show_probs, sys.stdout.buffer, sys.stderr)
+    if sys.stdout.isatty():
+        print()  # end the line in a terminal; files and pipes get exactly the continuation
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    from utils import GPT2Error
+
+    try:
+        if args.threads:
+            from threadpoolctl import threadpool_limits
+
+            threadpool_limits(args.threads)
+        run(args)
+    except (GPT2Error, ContextError) as e:
+        sys.exit(f"gpt2.py: error: {e}")
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except BrokenPipeError:  # e.g. piped into `head`: the reader has gone, nothing left to say
+        sys.stderr.close()
+        sys.exit(141)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,54 @@
+"""Write tests/fixtures/reference.npz: transformers' outputs on the committed fixture models.
+
+    python tests/make_reference.py     # needs torch==2.13.0, transformers and tensorflow
+
+For each fixture configuration it stores, from a float64 GPT2LMHeadModel whose weights were read
+with TensorFlow's own tf.train.load_variable (independent of this project's reader):
+- `<name>/tokens`: a fixed sequence of n_ctx token ids;
+- `<name>/columns` and `<name>/logits_columns`: the logits of every position at 1,024 fixed
+  vocabulary columns (storing all 50,257 columns at every position would take megabytes);
+- `<name>/logits_last`: all 50,257 logits at the last position;
+- `<name>/cli_tokens`: transformers' greedy continuation of reference.CLI_PROMPT.
+"""
+import os
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import reference  # noqa: E402
+
+
+def checkpoint_arrays_from_tensorflow(model_dir):
+    import tensorflow as tf
+
+    prefix = os.path.join(model_dir, "model.ckpt")
+    return {name: tf.train.load_variable(prefix, name) for name, _ in tf.train.list_variables(prefix)}
+
+
+def main():
+    from encoder import get_encoder
+
+    out = {}
+    for name in reference.FIXTURE_CONFIGS:
+        model_dir = reference.fixture_dir(name)
+        hparams = reference.read_hparams(model_dir)
+        model = reference.hf_model(hparams, checkpoint_arrays_from_tensorflow(model_dir))
+        tokens = reference.reference_tokens(hparams["n_vocab"], hparams["n_ctx"])
+        columns = reference.reference_columns(hparams["n_vocab"])
+        logits = reference.hf_logits(model, tokens)  # [n_ctx, n_vocab]
+        prompt = get_encoder(name, reference.FIXTURES_DIR).encode(reference.CLI_PROMPT)
+        out[f"{name}/tokens"] = np.array(tokens, dtype=np.int64)
+        out[f"{name}/columns"] = columns
+        out[f"{name}/logits_columns"] = logits[:, columns].astype(np.float32)
+        out[f"{name}/logits_last"] = logits[-1].astype(np.float32)
+        out[f"{name}/cli_tokens"] = np.array(reference.hf_greedy(model, prompt, reference.CLI_NEW_TOKENS))
+        print(f"{name}: {len(tokens)} positions, greedy continuation {out[f'{name}/cli_tokens'].tolist()}")
+    np.savez_compressed(reference.REFERENCE_FILE, **out)
+    print(f"wrote {reference.REFERENCE_FILE} ({os.path.getsize(reference.REFERENCE_FILE)} bytes)")
+
+
+if __name__ == "__main__":
+    main()

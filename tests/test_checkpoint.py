@@ -1,0 +1,153 @@
+"""Reading OpenAI's TensorFlow checkpoint format without TensorFlow (utils.py)."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+import reference
+import utils
+from conftest import load_fixture
+
+INDEX, DATA = utils.INDEX_FILE, utils.DATA_FILE
+
+
+def tensorflow_variables(model_dir):
+    tf = pytest.importorskip("tensorflow", reason="TensorFlow is the reference reader (pip install tensorflow-cpu)")
+    prefix = os.path.join(model_dir, "model.ckpt")
+    return {name: tf.train.load_variable(prefix, name) for name, _ in tf.train.list_variables(prefix)}
+
+
+def read_tensors(model_dir):
+    return utils.map_checkpoint_tensors(str(model_dir), utils.load_hparams(str(model_dir)))
+
+
+def test_every_tensor_equals_tensorflow_bit_for_bit(fixture_name):
+    model_dir = reference.fixture_dir(fixture_name)
+    expected = tensorflow_variables(model_dir)
+    ours = read_tensors(model_dir)
+    assert sorted(ours) == sorted(expected)
+    for name, array in ours.items():
+        assert array.dtype == expected[name].dtype == np.float32, name
+        assert array.shape == expected[name].shape, name
+        assert array.tobytes() == expected[name].tobytes(), name
+
+
+def test_params_are_read_only_float32_views_into_the_data_file(fixture_name):
+    _, params = load_fixture(fixture_name)
+    arrays = [params["wte"], params["wpe"], params["ln_f"]["g"], params["blocks"][0]["attn"]["c_attn"]["w"]]
+    for array in arrays:
+        assert array.dtype == np.float32
+        assert not array.flags.owndata, "a copy was made instead of a view of the memory map"
+        assert not array.flags.writeable, "the memory map must be read-only"
+
+
+def test_params_nest_like_picogpt_with_conv1d_weights_squeezed_to_2d(fixture_name):
+    hparams, params = load_fixture(fixture_name)
+    n_embd = hparams["n_embd"]
+    assert sorted(params) == ["blocks", "ln_f", "wpe", "wte"]
+    assert len(params["blocks"]) == hparams["n_layer"]
+    block = params["blocks"][-1]
+    assert sorted(block) == ["attn", "ln_1", "ln_2", "mlp"]
+    assert block["attn"]["c_attn"]["w"].shape == (n_embd, 3 * n_embd)
+    assert block["mlp"]["c_proj"]["w"].shape == (4 * n_embd, n_embd)
+    assert block["mlp"]["c_fc"]["b"].shape == (4 * n_embd,)
+    assert params["wte"].shape == (hparams["n_vocab"], n_embd)
+
+
+def test_flipping_any_index_byte_gives_a_clear_error_or_the_same_tensors(copied_model_dir):
+    """Every byte that matters is covered by a block CRC, the magic number or a bounds check;
+    the others (footer padding, the unused metaindex handle) may change without effect."""
+    original = {name: array.copy() for name, array in read_tensors(copied_model_dir).items()}
+    index_path = copied_model_dir / INDEX
+    good = index_path.read_bytes()
+    outcomes = {"error": 0, "same": 0}
+    for position in range(len(good)):
+        damaged = bytearray(good)
+        damaged[position] ^= 0xFF
+        index_path.write_bytes(bytes(damaged))
+        try:
+            tensors = read_tensors(copied_model_dir)
+        except utils.GPT2Error as e:
+            assert INDEX in str(e) and "\n" not in str(e)
+            outcomes["error"] += 1
+            continue
+        assert all(np.array_equal(tensors[name], original[name]) for name in original), position
+        outcomes["same"] += 1
+    assert outcomes["error"] > 0.9 * len(good), outcomes
+
+
+def test_truncated_index_gives_a_clear_error_naming_the_file(copied_model_dir):
+    index_path = copied_model_dir / INDEX
+    good = index_path.read_bytes()
+    for length in range(len(good)):
+        index_path.write_bytes(good[:length])
+        with pytest.raises(utils.GPT2Error, match="model.ckpt.index"):
+            read_tensors(copied_model_dir)
+
+
+@pytest.mark.parametrize("keep", [0, 1000, -4])
+def test_truncated_data_file_gives_a_clear_error_naming_the_file(copied_model_dir, keep):
+    data_path = copied_model_dir / DATA
+    good = data_path.read_bytes()
+    data_path.write_bytes(good[:keep] if keep >= 0 else good[:keep])
+    with pytest.raises(utils.GPT2Error, match="model.ckpt.data-00000-of-00001"):
+        read_tensors(copied_model_dir)
+
+
+def write_hparams(model_dir, **changes):
+    path = model_dir / "hparams.json"
+    hparams = json.loads(path.read_text())
+    hparams.update(changes)
+    path.write_text(json.dumps(hparams))
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"n_layer": 3}, "has no variable model/h2/"),  # the checkpoint has 2 layers
+        ({"n_embd": 32, "n_head": 2}, "needs float32"),  # shapes disagree
+        ({"n_vocab": 50000}, "model/wte"),
+        ({"n_ctx": 10**12}, "model/wpe"),  # absurd sizes are refused, never allocated
+    ],
+)
+def test_hparams_that_do_not_match_the_checkpoint_are_an_error(copied_model_dir, changes, message):
+    write_hparams(copied_model_dir, **changes)
+    with pytest.raises(utils.GPT2Error, match=message):
+        read_tensors(copied_model_dir)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["", "{", "[]", '{"n_vocab": 50257}', '{"n_vocab": "50257", "n_ctx": 32, "n_embd": 16, "n_head": 2, "n_layer": 2}',
+     '{"n_vocab": 50257, "n_ctx": 32, "n_embd": 16, "n_head": 3, "n_layer": 2}',
+     '{"n_vocab": 50257, "n_ctx": 0, "n_embd": 16, "n_head": 2, "n_layer": 2}'],
+)
+def test_invalid_hparams_json_gives_a_clear_error_naming_the_file(copied_model_dir, text):
+    (copied_model_dir / "hparams.json").write_text(text)
+    with pytest.raises(utils.GPT2Error, match="hparams.json"):
+        utils.load_hparams(str(copied_model_dir))
+
+
+@pytest.mark.parametrize("name", [INDEX, DATA, "hparams.json"])
+def test_missing_checkpoint_file_gives_a_clear_error_naming_it(copied_model_dir, name):
+    hparams = utils.load_hparams(str(copied_model_dir))
+    (copied_model_dir / name).unlink()
+    with pytest.raises(utils.GPT2Error, match=name.replace(".", r"\.")):
+        utils.load_hparams(str(copied_model_dir))
+        utils.load_params(str(copied_model_dir), hparams)
+
+
+def test_index_of_a_checkpoint_is_parsed_as_tensorflow_lists_it(fixture_name):
+    """dtype, shape and byte extent of each entry agree with TensorFlow's own listing."""
+    model_dir = reference.fixture_dir(fixture_name)
+    expected = tensorflow_variables(model_dir)
+    with open(os.path.join(model_dir, INDEX), "rb") as f:
+        entries = utils.read_checkpoint_index(f.read())
+    extents = []
+    for name, array in expected.items():
+        dtype, shape, shard, offset, size = entries[name]
+        assert (dtype, shape, shard, size) == (utils.DT_FLOAT, array.shape, 0, array.nbytes)
+        extents.append((offset, size))
+    extents.sort()
+    assert all(a[0] + a[1] <= b[0] for a, b in zip(extents, extents[1:])), "tensors overlap"
