@@ -6,6 +6,7 @@ Everything is float32; shapes are written [n_seq, n_embd] etc. next to each line
 """
 import argparse
 import math
+import os
 import sys
 
 import numpy as np
@@ -117,9 +118,10 @@ def generate_steps(inputs, params, n_head, n_tokens_to_generate, pick=np.argmax)
     The key/value cache lets each step run the blocks on the new token only; the head (the largest
     matrix) is applied to the last position only. pick(logits) chooses a token (default: greedy).
     """
+    inputs = list(inputs)  # our own copy: the caller may change theirs while we generate
     check_context(len(inputs), n_tokens_to_generate, params["wpe"].shape[0])
     kv_cache = new_kv_cache(params, n_head, len(inputs) + n_tokens_to_generate)
-    x = transformer(list(inputs), **params, n_head=n_head, kv_cache=kv_cache)  # prefill: [n_prompt, n_embd]
+    x = transformer(inputs, **params, n_head=n_head, kv_cache=kv_cache)  # prefill: [n_prompt, n_embd]
     for step in range(n_tokens_to_generate):
         logits = x[-1] @ params["wte"].T  # [n_embd] -> [n_vocab]
         token = int(pick(logits))
@@ -212,7 +214,7 @@ def parse_args(argv=None):
     parser.add_argument("prompt", help="text to continue, exactly as typed ('' for an unconditional sample)")
     parser.add_argument("--n_tokens_to_generate", type=positive_int, default=40, help="how many tokens to add")
     parser.add_argument("--model_size", choices=MODEL_SIZES, default="124M", help="which GPT-2 release")
-    parser.add_argument("--models_dir", default="models", help="where model files are kept (downloaded on first use)")
+    parser.add_argument("--models_dir", default=None, help="where model files are kept; it must exist (default: ./models, created on first use)")
     parser.add_argument("--base_url", default=None, help="download from here instead of OpenAI's bucket (or set GPT2_BASE_URL)")
     parser.add_argument("--temperature", type=non_negative_float, default=0.0, help="0: greedy; higher: more random")
     parser.add_argument("--top_k", type=non_negative_int, default=0, help="sample among the K most likely tokens (0: all)")
@@ -253,8 +255,12 @@ def stream_continuation(encoder, steps, eot_token, show_probs, out, err):
 
 
 def run(args):
-    from utils import load_encoder_hparams_and_params
+    from utils import GPT2Error, load_encoder_hparams_and_params
 
+    if args.models_dir is None:
+        args.models_dir = "models"
+    elif not os.path.isdir(args.models_dir):  # a typo should not start a download somewhere unexpected
+        raise GPT2Error(f"--models_dir {args.models_dir} is not a directory: create it or check the path")
     encoder, hparams, params = load_encoder_hparams_and_params(args.model_size, args.models_dir, args.base_url)
     inputs = encoder.encode(args.prompt) or [encoder.eot_token]  # empty prompt: start a new document
     check_context(len(inputs), args.n_tokens_to_generate, hparams["n_ctx"])

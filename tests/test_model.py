@@ -1,0 +1,174 @@
+"""The forward pass and greedy generation (gpt2.py, gpt2_pico.py) against transformers.
+
+Tolerance: our float32 logits against a float64 transformers model agree to 1e-4 absolute.
+The fixtures' logits have a standard deviation near 1 and at most a few hundred terms per dot
+product, so float32 round-off stays near 1e-5; a real mistake (a missing bias, a wrong GELU,
+the mask off by one) moves logits by 1e-2 or more.
+"""
+import math
+
+import numpy as np
+import pytest
+
+import gpt2
+import gpt2_pico
+import reference
+from conftest import load_fixture
+
+ATOL = 1e-4
+
+
+def stored_reference(name):
+    with np.load(reference.REFERENCE_FILE) as data:
+        return {key.split("/", 1)[1]: data[key] for key in data.files if key.startswith(name + "/")}
+
+
+def report(ours, expected):
+    """The max difference and the first values, so a failure shows how far off it is."""
+    diff = np.abs(ours - expected)
+    return f"max abs diff {diff.max():.3g}; ours {ours.ravel()[:4]}, expected {expected.ravel()[:4]}"
+
+
+def test_building_blocks_keep_float32():
+    x = np.random.default_rng(0).standard_normal((3, 8), dtype=np.float32)
+    g, b = np.ones(8, np.float32), np.zeros(8, np.float32)
+    w = np.ones((8, 4), np.float32)
+    assert gpt2.gelu(x).dtype == np.float32
+    assert gpt2.softmax(x).dtype == np.float32
+    assert gpt2.layer_norm(x, g, b).dtype == np.float32
+    assert gpt2.linear(x, w, b[:4]).dtype == np.float32
+    assert gpt2.causal_mask(3, 2).dtype == np.float32
+    assert gpt2.sampling_probs(x[0], 0.7, 3, 0.9).dtype == np.float32
+
+
+def test_gelu_is_gpt2s_tanh_approximation():
+    """0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), not the exact erf form: at x = 1 the two
+    differ by 1.5e-4, far more than float32 round-off (1e-7)."""
+    x = np.array([-3.0, -1.0, 0.0, 0.5, 1.0, 4.0], dtype=np.float32)
+    exact_tanh_form = [0.5 * v * (1 + math.tanh(math.sqrt(2 / math.pi) * (v + 0.044715 * v**3))) for v in x.tolist()]
+    np.testing.assert_allclose(gpt2.gelu(x), exact_tanh_form, atol=1e-6)
+    assert abs(float(gpt2.gelu(np.float32(1.0))) - 0.8411920) < 1e-6
+
+
+def test_causal_mask_hides_exactly_the_future():
+    mask = gpt2.causal_mask(2, 3)  # two new tokens at positions 3 and 4, five keys
+    assert mask.shape == (2, 5)
+    assert np.isneginf(mask).tolist() == [[False] * 4 + [True], [False] * 5]
+
+
+def test_logits_are_float32_with_shape_n_seq_by_n_vocab(fixture_name):
+    hparams, params = load_fixture(fixture_name)
+    logits = gpt2.gpt2([1, 2, 3], **params, n_head=hparams["n_head"])
+    assert logits.dtype == np.float32 and logits.shape == (3, hparams["n_vocab"])
+
+
+def test_logits_match_stored_transformers_reference_for_every_length(fixture_name):
+    """Every sequence length from 1 to n_ctx: the stored columns of every position, and at full
+    length all 50,257 logits of the last position."""
+    hparams, params = load_fixture(fixture_name)
+    ref = stored_reference(fixture_name)
+    tokens = ref["tokens"].tolist()
+    assert len(tokens) == hparams["n_ctx"]
+    for length in range(1, hparams["n_ctx"] + 1):
+        logits = gpt2.gpt2(tokens[:length], **params, n_head=hparams["n_head"])
+        ours, expected = logits[:, ref["columns"]], ref["logits_columns"][:length]
+        assert np.abs(ours - expected).max() <= ATOL, f"length {length}: {report(ours, expected)}"
+    assert np.abs(logits[-1] - ref["logits_last"]).max() <= ATOL, report(logits[-1], ref["logits_last"])
+
+
+def test_pico_logits_match_stored_transformers_reference(fixture_name):
+    hparams, params = load_fixture(fixture_name)
+    ref = stored_reference(fixture_name)
+    logits = gpt2_pico.gpt2(ref["tokens"].tolist(), **params, n_head=hparams["n_head"])
+    assert logits.dtype == np.float32
+    ours = logits[:, ref["columns"]]
+    assert np.abs(ours - ref["logits_columns"]).max() <= ATOL, report(ours, ref["logits_columns"])
+
+
+@pytest.fixture(scope="module")
+def live_models():
+    """transformers models on the fixtures' weights, when torch and transformers are installed."""
+    pytest.importorskip("torch", reason="the live comparison needs torch==2.13.0 and transformers")
+    pytest.importorskip("transformers", reason="the live comparison needs transformers")
+    import utils
+
+    models = {}
+    for name in reference.FIXTURE_CONFIGS:
+        hparams = reference.read_hparams(reference.fixture_dir(name))
+        tensors = utils.map_checkpoint_tensors(reference.fixture_dir(name), hparams)
+        models[name] = reference.hf_model(hparams, tensors)
+    return models
+
+
+def test_logits_match_live_transformers_for_every_length(fixture_name, live_models):
+    hparams, params = load_fixture(fixture_name)
+    tokens = reference.reference_tokens(hparams["n_vocab"], hparams["n_ctx"], seed=7)
+    for length in range(1, hparams["n_ctx"] + 1):
+        expected = reference.hf_logits(live_models[fixture_name], tokens[:length])
+        ours = gpt2.gpt2(tokens[:length], **params, n_head=hparams["n_head"])
+        assert np.abs(ours - expected).max() <= ATOL, f"length {length}: {report(ours, expected)}"
+
+
+def test_greedy_generation_matches_live_transformers_generate(fixture_name, live_models):
+    hparams, params = load_fixture(fixture_name)
+    prompt = reference.reference_tokens(hparams["n_vocab"], 3, seed=11)
+    n_new = hparams["n_ctx"] - len(prompt)
+    expected = reference.hf_greedy(live_models[fixture_name], prompt, n_new)
+    assert gpt2.generate(prompt, params, hparams["n_head"], n_new) == expected
+
+
+def test_cached_logits_equal_a_full_forward_pass_at_every_step(fixture_name):
+    hparams, params = load_fixture(fixture_name)
+    tokens = reference.reference_tokens(hparams["n_vocab"], 5, seed=3)
+    n_new = hparams["n_ctx"] - len(tokens)
+    for token, cached_logits in gpt2.generate_steps(tokens, params, hparams["n_head"], n_new):
+        full_logits = gpt2.gpt2(tokens, **params, n_head=hparams["n_head"])[-1]
+        assert cached_logits.dtype == np.float32
+        assert np.abs(cached_logits - full_logits).max() <= ATOL, f"step {len(tokens)}: {report(cached_logits, full_logits)}"
+        tokens.append(token)
+    assert len(tokens) == hparams["n_ctx"]
+
+
+@pytest.mark.parametrize("n_new", [1, 50, "fill"])
+def test_gpt2_and_pico_choose_the_same_greedy_tokens(n_new):
+    hparams, params = load_fixture("tiny-b")  # n_ctx 64, so 50 new tokens fit after the prompt
+    prompt = reference.reference_tokens(hparams["n_vocab"], 4, seed=5)
+    n_new = hparams["n_ctx"] - len(prompt) if n_new == "fill" else n_new
+    ours = gpt2.generate(prompt, params, hparams["n_head"], n_new)
+    assert len(ours) == n_new
+    assert ours == gpt2_pico.generate(prompt, params, hparams["n_head"], n_new)
+
+
+def test_greedy_generation_is_not_a_constant_sequence():
+    """Guards the fixtures: if greedy output repeated one token, the tests above would prove little."""
+    hparams, params = load_fixture("tiny-b")
+    prompt = reference.reference_tokens(hparams["n_vocab"], 4, seed=5)
+    assert len(set(gpt2.generate(prompt, params, hparams["n_head"], 40))) >= 5
+
+
+def test_prompt_plus_new_tokens_may_fill_exactly_n_ctx():
+    hparams, params = load_fixture("tiny-a")
+    prompt = [464, 3290]
+    out = gpt2.generate(prompt, params, hparams["n_head"], hparams["n_ctx"] - len(prompt))
+    assert len(prompt) + len(out) == hparams["n_ctx"]
+
+
+def test_one_token_more_than_n_ctx_is_an_error_before_any_work():
+    hparams, params = load_fixture("tiny-a")
+    unusable = dict(params, blocks=None)  # any forward pass would crash on this
+    with pytest.raises(gpt2.ContextError, match=f"context of {hparams['n_ctx']} tokens"):
+        next(gpt2.generate_steps([464, 3290], unusable, hparams["n_head"], hparams["n_ctx"] - 1))
+
+
+def test_empty_inputs_are_an_error_that_says_how_to_sample_unconditionally():
+    hparams, params = load_fixture("tiny-a")
+    with pytest.raises(gpt2.ContextError, match="eot_token"):
+        gpt2.generate([], params, hparams["n_head"], 1)
+
+
+def test_kv_cache_is_one_float32_array_sized_for_prompt_plus_new_tokens():
+    hparams, params = load_fixture("tiny-b")
+    cache = gpt2.new_kv_cache(params, hparams["n_head"], 10)
+    head_dim = hparams["n_embd"] // hparams["n_head"]
+    assert cache.shape == (hparams["n_layer"], 2, hparams["n_head"], 10, head_dim)
+    assert cache.dtype == np.float32
