@@ -29,73 +29,91 @@ def layer_norm(x, g, b, eps=1e-5):  # [n_seq, n_embd] -> [n_seq, n_embd]
     return g * (x - mean) / np.sqrt(variance + eps) + b
 
 
-def linear(x, w, b):  # [n_seq, n_in] -> [n_seq, n_out]
-    return x @ w + b
+def linear(x, w, b):  # [..., n_in] -> [..., n_out]
+    # one 2-D matrix product for all rows: on 3-D input NumPy would loop, reading w once per sequence
+    return (x.reshape(-1, w.shape[0]) @ w).reshape(*x.shape[:-1], w.shape[1]) + b
 
 
-def ffn(x, c_fc, c_proj):  # [n_seq, n_embd] -> [n_seq, n_embd]
-    return linear(gelu(linear(x, **c_fc)), **c_proj)  # [n_seq, n_embd] -> [n_seq, 4*n_embd] -> [n_seq, n_embd]
+def ffn(x, c_fc, c_proj):  # [n_batch, n_seq, n_embd] -> [n_batch, n_seq, n_embd]
+    return linear(gelu(linear(x, **c_fc)), **c_proj)  # [.., n_embd] -> [.., 4*n_embd] -> [.., n_embd]
 
 
-def causal_mask(n_seq, start):  # -> [n_seq, start + n_seq]
-    """Row i (at position start + i) may attend to positions 0 .. start + i: -inf hides the rest."""
-    return np.triu(np.full((n_seq, start + n_seq), -np.inf, dtype=np.float32), k=start + 1)
+def positions(n_pad, n_seq, start):  # [n_batch] -> [n_batch, n_seq]
+    """Position ids that ignore left padding: each row's first real token is at position 0."""
+    return np.maximum(np.arange(start, start + n_seq) - n_pad[:, None], 0)
 
 
-def attention(q, k, v, mask):  # [n_head, n_seq, head_dim], [n_head, n_kv, head_dim] x2, [n_seq, n_kv] -> [n_head, n_seq, head_dim]
-    q = q * (1 / math.sqrt(q.shape[-1]))  # scale queries (fewer numbers than scores)
-    scores = q @ k.transpose(0, 2, 1) + mask  # [n_head, n_seq, head_dim] @ [n_head, head_dim, n_kv] -> [n_head, n_seq, n_kv]
-    return softmax(scores) @ v  # [n_head, n_seq, n_kv] @ [n_head, n_kv, head_dim] -> [n_head, n_seq, head_dim]
+def attention_mask(n_pad, n_seq, start):  # [n_batch] -> [n_batch, 1, n_seq, start + n_seq]
+    """0 where a query may look, -inf where it may not: at later tokens, and at its row's left padding.
+
+    A padding query sees only itself (its output is never used), so no row of scores is all -inf.
+    """
+    query = np.arange(start, start + n_seq)[:, None]  # [n_seq, 1] index in the padded row
+    key = np.arange(start + n_seq)  # [n_kv]
+    pad = n_pad[:, None, None]  # [n_batch, 1, 1]
+    visible = (key <= query) & ((key >= pad) | (key == query))  # -> [n_batch, n_seq, n_kv]
+    return np.where(visible, np.float32(0), np.float32(-np.inf))[:, None]  # -> [n_batch, 1, n_seq, n_kv]
 
 
-def remember(kv, k, v, start):  # [n_head, n_seq, head_dim] x2 -> [n_head, start + n_seq, head_dim] x2
+def attention(q, k, v, mask):  # [n_batch, n_head, n_seq, head_dim], [n_batch, n_head, n_kv, head_dim] x2 -> [n_batch, n_head, n_seq, head_dim]
+    q = q * (1 / math.sqrt(q.shape[-1]))  # scale the queries (fewer numbers than the scores)
+    scores = q @ k.swapaxes(-1, -2) + mask  # [.., n_seq, head_dim] @ [.., head_dim, n_kv] -> [n_batch, n_head, n_seq, n_kv]
+    return softmax(scores) @ v  # [.., n_seq, n_kv] @ [.., n_kv, head_dim] -> [n_batch, n_head, n_seq, head_dim]
+
+
+def remember(kv, k, v, start):  # [n_batch, n_head, n_seq, head_dim] x2 -> [n_batch, n_head, start + n_seq, head_dim] x2
     """Write this step's keys and values into the layer's cache; return all keys and values so far."""
-    if kv is None:  # no cache: attend over this call's own tokens only
+    if kv is None:  # no cache: attend over this call's own tokens only (start must be 0)
         return k, v
-    end = start + k.shape[1]
-    kv[0, :, start:end] = k
-    kv[1, :, start:end] = v
-    return kv[0, :, :end], kv[1, :, :end]
+    end = start + k.shape[2]
+    kv[0, :, :, start:end] = k
+    kv[1, :, :, start:end] = v
+    return kv[0, :, :, :end], kv[1, :, :, :end]
 
 
-def mha(x, c_attn, c_proj, n_head, kv, start, mask):  # [n_seq, n_embd] -> [n_seq, n_embd]
-    n_seq, n_embd = x.shape
-    qkv = linear(x, **c_attn)  # [n_seq, n_embd] -> [n_seq, 3*n_embd]
-    q, k, v = qkv.reshape(n_seq, 3, n_head, -1).transpose(1, 2, 0, 3)  # -> 3 x [n_head, n_seq, head_dim]
-    k, v = remember(kv, k, v, start)  # -> 2 x [n_head, n_kv, head_dim], n_kv = start + n_seq
-    out = attention(q, k, v, mask)  # all heads in one batched product -> [n_head, n_seq, head_dim]
-    out = out.transpose(1, 0, 2).reshape(n_seq, n_embd)  # [n_head, n_seq, head_dim] -> [n_seq, n_embd]
-    return linear(out, **c_proj)  # [n_seq, n_embd] -> [n_seq, n_embd]
+def mha(x, c_attn, c_proj, n_head, kv, start, mask):  # [n_batch, n_seq, n_embd] -> [n_batch, n_seq, n_embd]
+    n_batch, n_seq, n_embd = x.shape
+    qkv = linear(x, **c_attn)  # [n_batch, n_seq, n_embd] -> [n_batch, n_seq, 3*n_embd]
+    q, k, v = qkv.reshape(n_batch, n_seq, 3, n_head, -1).transpose(2, 0, 3, 1, 4)  # -> 3 x [n_batch, n_head, n_seq, head_dim]
+    k, v = remember(kv, k, v, start)  # -> 2 x [n_batch, n_head, n_kv, head_dim], n_kv = start + n_seq
+    out = attention(q, k, v, mask)  # all heads in one batched product: [n_batch, n_head, n_seq, head_dim]
+    out = out.transpose(0, 2, 1, 3).reshape(n_batch, n_seq, n_embd)  # -> [n_batch, n_seq, n_embd]
+    return linear(out, **c_proj)  # [n_batch, n_seq, n_embd] -> [n_batch, n_seq, n_embd]
 
 
-def transformer_block(x, mlp, attn, ln_1, ln_2, n_head, kv=None, start=0, mask=None):  # [n_seq, n_embd] -> [n_seq, n_embd]
+def transformer_block(x, mlp, attn, ln_1, ln_2, n_head, kv, start, mask):  # [n_batch, n_seq, n_embd] -> same
     x = x + mha(layer_norm(x, **ln_1), **attn, n_head=n_head, kv=kv, start=start, mask=mask)  # pre-norm attention
     x = x + ffn(layer_norm(x, **ln_2), **mlp)  # pre-norm feed-forward
     return x
 
 
-def transformer(inputs, wte, wpe, blocks, ln_f, n_head, kv_cache=None, start=0):  # [n_seq] -> [n_seq, n_embd]
-    """The hidden state after the final layer norm, for tokens at positions start .. start + n_seq - 1."""
-    x = wte[inputs] + wpe[start : start + len(inputs)]  # [n_seq] -> [n_seq, n_embd]
-    mask = causal_mask(len(inputs), start)  # [n_seq, start + n_seq]
+def transformer(inputs, wte, wpe, blocks, ln_f, n_head, kv_cache=None, start=0, n_pad=None):  # [n_batch, n_seq] -> [n_batch, n_seq, n_embd]
+    """The hidden states after the final layer norm, for the tokens at index start .. start + n_seq - 1
+    of each (left-padded) row; n_pad[i] is the number of padding tokens at the start of row i."""
+    inputs = np.asarray(inputs)
+    n_batch, n_seq = inputs.shape
+    n_pad = np.zeros(n_batch, dtype=np.int64) if n_pad is None else n_pad
+    x = wte[inputs] + wpe[positions(n_pad, n_seq, start)]  # [n_batch, n_seq] -> [n_batch, n_seq, n_embd]
+    mask = attention_mask(n_pad, n_seq, start)  # [n_batch, 1, n_seq, start + n_seq]
     for layer, block in enumerate(blocks):
-        kv = None if kv_cache is None else kv_cache[layer]  # [2, n_head, n_cache, head_dim]
+        kv = None if kv_cache is None else kv_cache[layer]  # [2, n_batch, n_head, n_cache, head_dim]
         x = transformer_block(x, **block, n_head=n_head, kv=kv, start=start, mask=mask)
     return layer_norm(x, **ln_f)
 
 
-def gpt2(inputs, wte, wpe, blocks, ln_f, n_head, kv_cache=None, start=0):  # [n_seq] -> [n_seq, n_vocab]
-    x = transformer(inputs, wte, wpe, blocks, ln_f, n_head, kv_cache, start)  # [n_seq] -> [n_seq, n_embd]
+def gpt2(inputs, wte, wpe, blocks, ln_f, n_head):  # [n_seq] -> [n_seq, n_vocab]
+    """picoGPT's API: the logits of every position of one sequence."""
+    x = transformer([inputs], wte, wpe, blocks, ln_f, n_head)[0]  # [n_seq] -> [1, n_seq, n_embd] -> [n_seq, n_embd]
     return x @ wte.T  # the head reuses the token embeddings: [n_seq, n_embd] -> [n_seq, n_vocab]
 
 
-def new_kv_cache(params, n_head, n_tokens):  # -> [n_layer, 2, n_head, n_tokens, head_dim]
+def new_kv_cache(params, n_head, n_batch, n_tokens):  # -> [n_layer, 2, n_batch, n_head, n_tokens, head_dim]
     """Room for the keys and values of n_tokens positions in every layer, allocated once.
 
     np.empty reserves address space only: pages count in memory once generation writes them.
     """
     n_embd = params["wpe"].shape[1]
-    return np.empty((len(params["blocks"]), 2, n_head, n_tokens, n_embd // n_head), dtype=np.float32)
+    return np.empty((len(params["blocks"]), 2, n_batch, n_head, n_tokens, n_embd // n_head), dtype=np.float32)
 
 
 class ContextError(ValueError):
@@ -104,7 +122,7 @@ class ContextError(ValueError):
 
 def check_context(n_prompt, n_tokens_to_generate, n_ctx):
     if n_prompt < 1:
-        raise ContextError("inputs is empty: start from [encoder.eot_token] for an unconditional sample")
+        raise ContextError("a prompt is empty: start from [encoder.eot_token] for an unconditional sample")
     if n_prompt + n_tokens_to_generate > n_ctx:
         raise ContextError(
             f"the prompt ({n_prompt} tokens) plus {n_tokens_to_generate} new tokens exceeds the model's "
@@ -112,22 +130,41 @@ def check_context(n_prompt, n_tokens_to_generate, n_ctx):
         )
 
 
-def generate_steps(inputs, params, n_head, n_tokens_to_generate, pick=np.argmax):
-    """Yield (token, logits [n_vocab]) for each new token: one pass over the prompt, then one token per step.
+def left_pad(prompts, pad_token=0):  # n_batch lists of token ids -> [n_batch, n_longest], [n_batch]
+    """Right-align the prompts so that every row's next token goes in the same column."""
+    n_longest = max(len(prompt) for prompt in prompts)
+    tokens = np.full((len(prompts), n_longest), pad_token, dtype=np.int64)
+    for row, prompt in enumerate(prompts):
+        tokens[row, n_longest - len(prompt) :] = prompt
+    return tokens, n_longest - np.array([len(prompt) for prompt in prompts])
 
-    The key/value cache lets each step run the blocks on the new token only; the head (the largest
-    matrix) is applied to the last position only. pick(logits) chooses a token (default: greedy).
+
+def generate_batch_steps(prompts, params, n_head, n_tokens_to_generate, picks=None):
+    """Yield (tokens [n_batch], logits [n_batch, n_vocab]) for each new token of several prompts at once.
+
+    One pass over the (left-padded) prompts, then one token per prompt per step: the key/value cache
+    lets each step run the blocks on the new tokens only, and the head (the largest matrix) is applied
+    to the last position only. picks[i](logits) chooses prompt i's token (default: greedy).
     """
-    inputs = list(inputs)  # our own copy: the caller may change theirs while we generate
-    check_context(len(inputs), n_tokens_to_generate, params["wpe"].shape[0])
-    kv_cache = new_kv_cache(params, n_head, len(inputs) + n_tokens_to_generate)
-    x = transformer(inputs, **params, n_head=n_head, kv_cache=kv_cache)  # prefill: [n_prompt, n_embd]
+    for prompt in prompts:
+        check_context(len(prompt), n_tokens_to_generate, params["wpe"].shape[0])
+    picks = picks or [np.argmax] * len(prompts)
+    tokens, n_pad = left_pad(prompts)  # [n_batch, n_longest], [n_batch]
+    kv_cache = new_kv_cache(params, n_head, len(prompts), tokens.shape[1] + n_tokens_to_generate)
+    x = transformer(tokens, **params, n_head=n_head, kv_cache=kv_cache, n_pad=n_pad)  # [n_batch, n_longest, n_embd]
     for step in range(n_tokens_to_generate):
-        logits = x[-1] @ params["wte"].T  # [n_embd] -> [n_vocab]
-        token = int(pick(logits))
-        yield token, logits
+        logits = x[:, -1] @ params["wte"].T  # [n_batch, n_embd] -> [n_batch, n_vocab]
+        new_tokens = [int(pick(row)) for pick, row in zip(picks, logits)]
+        yield new_tokens, logits
         if step + 1 < n_tokens_to_generate:  # no forward pass after the last token
-            x = transformer([token], **params, n_head=n_head, kv_cache=kv_cache, start=len(inputs) + step)
+            start = tokens.shape[1] + step
+            x = transformer([[t] for t in new_tokens], **params, n_head=n_head, kv_cache=kv_cache, start=start, n_pad=n_pad)
+
+
+def generate_steps(inputs, params, n_head, n_tokens_to_generate, pick=np.argmax):
+    """Yield (token, logits [n_vocab]) for each new token of one prompt."""
+    for tokens, logits in generate_batch_steps([list(inputs)], params, n_head, n_tokens_to_generate, [pick]):
+        yield tokens[0], logits[0]
 
 
 def generate(inputs, params, n_head, n_tokens_to_generate, pick=np.argmax):

@@ -37,7 +37,7 @@ def test_building_blocks_keep_float32():
     assert gpt2.softmax(x).dtype == np.float32
     assert gpt2.layer_norm(x, g, b).dtype == np.float32
     assert gpt2.linear(x, w, b[:4]).dtype == np.float32
-    assert gpt2.causal_mask(3, 2).dtype == np.float32
+    assert gpt2.attention_mask(np.array([0, 1]), 3, 2).dtype == np.float32
     assert gpt2.sampling_probs(x[0], 0.7, 3, 0.9).dtype == np.float32
 
 
@@ -50,10 +50,22 @@ def test_gelu_is_gpt2s_tanh_approximation():
     assert abs(float(gpt2.gelu(np.float32(1.0))) - 0.8411920) < 1e-6
 
 
-def test_causal_mask_hides_exactly_the_future():
-    mask = gpt2.causal_mask(2, 3)  # two new tokens at positions 3 and 4, five keys
-    assert mask.shape == (2, 5)
-    assert np.isneginf(mask).tolist() == [[False] * 4 + [True], [False] * 5]
+def test_attention_mask_hides_later_tokens_and_left_padding():
+    mask = gpt2.attention_mask(np.array([0, 2]), 2, 3)  # two new tokens at index 3 and 4, five keys
+    assert mask.shape == (2, 1, 2, 5)
+    hidden = np.isneginf(mask[:, 0]).tolist()
+    assert hidden[0] == [[False] * 4 + [True], [False] * 5]
+    assert hidden[1] == [[True, True, False, False, True], [True, True, False, False, False]]
+
+
+def test_padding_queries_see_themselves_so_no_score_row_is_all_hidden():
+    mask = gpt2.attention_mask(np.array([3]), 4, 0)[0, 0]  # three padding tokens, then one real token
+    assert not np.isneginf(mask).all(axis=-1).any()
+
+
+def test_position_ids_start_at_zero_after_the_padding():
+    assert gpt2.positions(np.array([0, 2]), 4, 0).tolist() == [[0, 1, 2, 3], [0, 0, 0, 1]]
+    assert gpt2.positions(np.array([0, 2]), 1, 4).tolist() == [[4], [2]]
 
 
 def test_logits_are_float32_with_shape_n_seq_by_n_vocab(fixture_name):
@@ -166,9 +178,9 @@ def test_empty_inputs_are_an_error_that_says_how_to_sample_unconditionally():
         gpt2.generate([], params, hparams["n_head"], 1)
 
 
-def test_kv_cache_is_one_float32_array_sized_for_prompt_plus_new_tokens():
+def test_kv_cache_is_one_float32_array_sized_for_the_batch_and_prompt_plus_new_tokens():
     hparams, params = load_fixture("tiny-b")
-    cache = gpt2.new_kv_cache(params, hparams["n_head"], 10)
+    cache = gpt2.new_kv_cache(params, hparams["n_head"], 3, 10)
     head_dim = hparams["n_embd"] // hparams["n_head"]
-    assert cache.shape == (hparams["n_layer"], 2, hparams["n_head"], 10, head_dim)
+    assert cache.shape == (hparams["n_layer"], 2, 3, hparams["n_head"], 10, head_dim)
     assert cache.dtype == np.float32

@@ -1,0 +1,161 @@
+"""A small HTTP server for the download tests, on 127.0.0.1 with a port the OS picks.
+
+It serves the files of a directory as /<size>/<file>, speaking just the HTTP the downloader relies
+on: GET and HEAD, `Range: bytes=N-` (206 with Content-Range, or 416 past the end), Content-Length,
+and Content-MD5 (base64 of the whole file's MD5, on full 200 responses only, as Azure does).
+It records every request, and misbehaves on demand, one fault per file path:
+
+    server.drop_after[path] = n      reset the connection after n body bytes, once
+    server.truncate_after[path] = n  announce the full length, send n bytes, close cleanly, once
+    server.not_found.add(path)       answer 404
+    server.wrong_md5.add(path)       send a Content-MD5 that does not match
+    server.ignore_range = True       answer every GET with the whole file (200)
+"""
+import base64
+import dataclasses
+import hashlib
+import re
+import socket
+import struct
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+
+@dataclasses.dataclass
+class Request:
+    method: str
+    path: str
+    range: str | None  # the Range header, if any
+    sent: int = 0  # body bytes written to the socket
+
+
+class FixtureServer:
+    def __init__(self, root):
+        self.root = Path(root)
+        self.requests = []  # every Request, in arrival order
+        self.drop_after = {}
+        self.truncate_after = {}
+        self.not_found = set()
+        self.wrong_md5 = set()
+        self.ignore_range = False
+        self.lock = threading.Lock()  # handlers run in their own threads
+        self._httpd = _Server(("127.0.0.1", 0), _Handler)
+        self._httpd.fixture = self
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+
+    @property
+    def url(self):
+        host, port = self._httpd.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info):
+        self._httpd.shutdown()  # returns once serve_forever has left its loop
+        self._httpd.server_close()
+        self._thread.join(timeout=5)
+
+    def gets(self, path):
+        """The GET requests for `path`, in order."""
+        return [r for r in self.requests if r.method == "GET" and r.path == path]
+
+    def content(self, path):
+        """The bytes served at /<size>/<file>, or None (also for anything like /../x)."""
+        parts = path.split("/")
+        if len(parts) != 3 or parts[0] or any(p in ("", ".", "..") for p in parts[1:]):
+            return None
+        file = self.root / parts[1] / parts[2]
+        return file.read_bytes() if file.is_file() else None
+
+    def range_start(self, header):
+        """N from `Range: bytes=N-`, or None to send the whole file."""
+        match = re.fullmatch(r"bytes=(\d+)-", (header or "").strip())
+        return int(match[1]) if match and not self.ignore_range else None
+
+    def content_md5(self, path, data):
+        digest = hashlib.md5(data).digest()
+        if path in self.wrong_md5:
+            digest = bytes(16)
+        return base64.b64encode(digest).decode("ascii")
+
+    def take_fault(self, path):
+        """("drop" | "truncate", n) for a fault armed on `path`, disarming it; else (None, None)."""
+        with self.lock:
+            for kind, faults in (("drop", self.drop_after), ("truncate", self.truncate_after)):
+                if path in faults:
+                    return kind, faults.pop(path)
+        return None, None
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True  # a stuck handler never keeps the test process alive
+
+    def handle_error(self, request, client_address):
+        # A client giving up mid-response (as the tests make it do) is not a server bug.
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    # The default protocol, HTTP/1.0, closes the connection after each response: one request per
+    # connection keeps every handler's loop bounded.
+    timeout = 5  # seconds a silent client may hold a handler thread
+
+    def do_GET(self):
+        self._serve(send_body=True)
+
+    def do_HEAD(self):
+        self._serve(send_body=False)
+
+    def log_message(self, format, *args):
+        pass  # keep test output quiet
+
+    def _serve(self, send_body):
+        fixture = self.server.fixture
+        request = Request(self.command, self.path, self.headers.get("Range"))
+        with fixture.lock:
+            fixture.requests.append(request)
+        data = fixture.content(self.path)
+        if data is None or self.path in fixture.not_found:
+            self.send_error(404)
+            return
+        start = fixture.range_start(request.range)
+        if start is not None and start >= len(data):
+            self.send_response(416)
+            self.send_header("Content-Range", f"bytes */{len(data)}")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        if start is None:
+            self.send_response(200)
+            self.send_header("Content-MD5", fixture.content_md5(self.path, data))
+            body = data
+        else:
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+            body = data[start:]
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if send_body:
+            self._send_body(fixture, request, body)
+
+    def _send_body(self, fixture, request, body):
+        fault, n = fixture.take_fault(self.path)
+        if fault:
+            body = body[:n]
+        self.wfile.write(body)
+        request.sent = len(body)
+        if fault == "drop":
+            # Give the client a moment to read what was sent, then close with SO_LINGER set to 0:
+            # the kernel sends a TCP RST, so the client sees "connection reset by peer".
+            time.sleep(0.2)
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.connection.close()
+        # "truncate" needs nothing more: HTTP/1.0 closes the connection cleanly after the response.
