@@ -1,0 +1,223 @@
+"""GPT-2's tokenizer: byte-level byte-pair encoding (BPE), as in OpenAI's release.
+
+Text becomes token ids in three steps:
+1. Pre-tokenize: a regular expression cuts the text into "words" (letters with one optional
+   leading space, digits, punctuation, whitespace, English contractions). A merge never crosses
+   a word boundary, so " dog" is always tokenized the same way, wherever it appears.
+2. Map bytes to symbols: each word's UTF-8 bytes are written as printable unicode characters,
+   one per byte, so the vocabulary files can be plain text (a space byte shows up as "Ġ").
+   Any byte sequence can be encoded, so there is no "unknown" token.
+3. Merge: start from single byte symbols and repeatedly join the adjacent pair that appears
+   earliest in vocab.bpe (earlier lines were more frequent in the training data), until no
+   adjacent pair is listed. Each resulting piece is a key of encoder.json, which gives its id.
+
+Decoding looks each id up, maps the symbols back to bytes and decodes the bytes as UTF-8.
+
+The literal text "<|endoftext|>":
+- `encode` turns each occurrence into the single special token 50256 (`eot_token`) and encodes
+  the text between occurrences normally. HuggingFace's GPT2Tokenizer and tiktoken's
+  `encode(text, allowed_special="all")` do the same.
+- `encode_ordinary` treats it as ordinary text ("<|", "endoftext", "|>"), as OpenAI's original
+  encoder and tiktoken's `encode_ordinary` do.
+Either way `decode(encode(text)) == text`.
+
+Which characters count as letters, numbers or whitespace comes from the Unicode tables of the
+installed `regex` package, so tokenizers built on other tables may class recently added characters
+differently. With regex 2026.11.15 (Unicode 18.0), the ~17,500 letters and numbers added after
+Unicode 16.0 are letters and numbers here, while tiktoken 0.14 (its Rust regex knows Unicode 16.0)
+sees unassigned code points, which go with punctuation. The token ids then differ in some
+contexts, e.g. when such a character is followed by "'s" (tests/tokenizer_cases.py lists them).
+"""
+import json
+import os
+
+import regex  # unlike the standard `re`, it knows the classes \p{L} (letters) and \p{N} (numbers)
+
+END_OF_TEXT = "<|endoftext|>"
+
+# OpenAI's pre-tokenizer pattern. `\s+(?!\S)` takes a run of whitespace except its last character
+# when a word follows, so that the space stays attached to the word: "a   b" -> "a", "  ", " b".
+SPLIT_PATTERN = regex.compile(
+    r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+)
+
+# Words repeat a lot in real text, so merging results are remembered per word. The cache is
+# emptied when it grows past this size, so that encoding endless varied input cannot use
+# endless memory.
+CACHE_SIZE = 50_000
+
+
+def get_encoder(model_size: str, models_dir: str) -> "Encoder":
+    """Load the tokenizer from <models_dir>/<model_size>/encoder.json and vocab.bpe."""
+    folder = os.path.join(models_dir, model_size)
+    encoder_path = os.path.join(folder, "encoder.json")
+    merges_path = os.path.join(folder, "vocab.bpe")
+    encoder = parse_encoder_json(encoder_path, read_text(encoder_path))
+    bpe_merges = parse_vocab_bpe(merges_path, read_text(merges_path))
+    check_consistent(encoder, bpe_merges, folder)
+    return Encoder(encoder, bpe_merges)
+
+
+class Encoder:
+    """Converts between text and GPT-2 token ids."""
+
+    def __init__(self, encoder: dict[str, int], bpe_merges: list[tuple[str, str]]):
+        self.encoder = encoder  # token (as byte symbols) -> id
+        self.bpe_ranks = {tuple(pair): rank for rank, pair in enumerate(bpe_merges)}
+        self.decoder = {i: token for token, i in encoder.items()}  # id -> token (as byte symbols)
+        self.byte_encoder = bytes_to_unicode()  # byte value -> symbol
+        # symbol -> the character whose Latin-1 encoding is that byte: str.translate then
+        # .encode("latin-1") turns a whole string of symbols back into bytes at C speed
+        self.symbols_to_latin1 = {ord(symbol): byte for byte, symbol in self.byte_encoder.items()}
+        self.eot_token = encoder[END_OF_TEXT]
+        self.cache = {}  # word -> its token ids
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids for `text`; each literal "<|endoftext|>" becomes the single token eot_token."""
+        tokens = []
+        for i, chunk in enumerate(text.split(END_OF_TEXT)):
+            if i > 0:  # a "<|endoftext|>" stood between this chunk and the previous one
+                tokens.append(self.eot_token)
+            tokens.extend(self.encode_ordinary(chunk))
+        return tokens
+
+    def encode_ordinary(self, text: str) -> list[int]:
+        """Token ids for `text`, treating "<|endoftext|>" like any other text."""
+        tokens = []
+        for word in SPLIT_PATTERN.findall(text):
+            tokens.extend(self.encode_word(word))
+        return tokens
+
+    def decode(self, tokens: list[int]) -> str:
+        """The text of `tokens`; bytes that are not valid UTF-8 become U+FFFD (a lone
+        token can end in the middle of a multi-byte character)."""
+        return self.decode_bytes(tokens).decode("utf-8", errors="replace")
+
+    def decode_bytes(self, tokens: list[int]) -> bytes:
+        """The raw bytes of `tokens`, which may end with an incomplete UTF-8 character."""
+        symbols = "".join(self.decoder[token] for token in tokens)
+        return symbols.translate(self.symbols_to_latin1).encode("latin-1")
+
+    def encode_word(self, word: str) -> list[int]:
+        """Token ids of one pre-tokenized word, remembered in the cache."""
+        if word not in self.cache:
+            if len(self.cache) >= CACHE_SIZE:
+                self.cache.clear()
+            symbols = "".join(self.byte_encoder[byte] for byte in word.encode("utf-8"))
+            self.cache[word] = [self.encoder[part] for part in self.bpe(symbols)]
+        return self.cache[word]
+
+    def bpe(self, symbols: str) -> list[str]:
+        """Split a word written in byte symbols into vocabulary tokens by applying merges."""
+        parts = list(symbols)
+        while len(parts) > 1:
+            pairs = zip(parts, parts[1:])
+            best = min(pairs, key=lambda pair: self.bpe_ranks.get(pair, float("inf")))
+            if best not in self.bpe_ranks:
+                break  # no adjacent pair can be merged: done
+            parts = merge_pair(parts, best)
+        return parts
+
+
+def merge_pair(parts: list[str], pair: tuple[str, str]) -> list[str]:
+    """Replace every occurrence of `pair` in `parts` by the joined string.
+
+    Scanning left to right decides overlaps the way OpenAI's code does: ("a", "a") in a, a, a
+    gives aa, a.
+    """
+    first, second = pair
+    merged = []
+    i = 0
+    while i < len(parts):
+        if i + 1 < len(parts) and parts[i] == first and parts[i + 1] == second:
+            merged.append(first + second)
+            i += 2
+        else:
+            merged.append(parts[i])
+            i += 1
+    return merged
+
+
+def bytes_to_unicode() -> dict[int, str]:
+    """The symbol standing for each byte value 0..255.
+
+    The 188 bytes that print as a visible Latin-1 character stand for themselves; the other 68
+    (control characters, space, no-break space, soft hyphen) get the code points 256, 257, ...
+    in byte order. So a space (byte 32, the 33rd such byte) is written "Ġ" (U+0120).
+    """
+    visible = [
+        *range(ord("!"), ord("~") + 1),  # ASCII without space and the control characters
+        *range(ord("¡"), ord("¬") + 1),  # Latin-1 without no-break space (A0)...
+        *range(ord("®"), ord("ÿ") + 1),  # ...and soft hyphen (AD)
+    ]
+    symbols = {}
+    next_code_point = 256
+    for byte in range(256):
+        if byte in visible:
+            symbols[byte] = chr(byte)
+        else:
+            symbols[byte] = chr(next_code_point)
+            next_code_point += 1
+    return symbols
+
+
+# ---------------------------------------------------------------- reading the vocabulary files
+# A missing or damaged file is something the user can fix, so it is reported as a GPT2Error with
+# a one-line message saying what to do, never as a traceback.
+
+
+def read_text(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except FileNotFoundError:
+        raise user_error(f"{path} is missing: run again to download it") from None
+    except UnicodeDecodeError:
+        raise corrupt_file(path, "not UTF-8 text") from None
+    except OSError as e:
+        message = f"cannot read {path} ({e.strerror}): make it a readable file, or delete it and run again"
+        raise user_error(message) from None
+
+
+def parse_encoder_json(path: str, text: str) -> dict[str, int]:
+    """encoder.json is one JSON object: {token written in byte symbols: id}."""
+    try:
+        encoder = json.loads(text)
+    except json.JSONDecodeError:
+        raise corrupt_file(path, "not valid JSON") from None
+    if not isinstance(encoder, dict) or not all(type(i) is int for i in encoder.values()):
+        raise corrupt_file(path, "not a JSON object of token ids")
+    if END_OF_TEXT not in encoder:
+        raise corrupt_file(path, f"no {END_OF_TEXT} token")
+    return encoder
+
+
+def parse_vocab_bpe(path: str, text: str) -> list[tuple[str, str]]:
+    """vocab.bpe is a "#version" line, then one merge per line: two symbol strings and a space."""
+    lines = text.split("\n")
+    if not lines[0].startswith("#version"):
+        raise corrupt_file(path, "no #version header")
+    merges = [tuple(line.split(" ")) for line in lines[1:] if line]
+    if not all(len(merge) == 2 and all(merge) for merge in merges):
+        raise corrupt_file(path, "a line is not two symbol strings separated by a space")
+    return merges
+
+
+def check_consistent(encoder: dict[str, int], bpe_merges: list[tuple[str, str]], folder: str):
+    """Every byte and every merge result must have an id, or encoding would fail midway."""
+    needed = [*bytes_to_unicode().values(), *(first + second for first, second in bpe_merges)]
+    if not all(token in encoder for token in needed):
+        raise user_error(
+            f"encoder.json and vocab.bpe in {folder} do not match: delete them and run again to re-download"
+        )
+
+
+def corrupt_file(path: str, what: str) -> Exception:
+    return user_error(f"{path} is corrupt ({what}): delete it and run again to re-download")
+
+
+def user_error(message: str) -> Exception:
+    # Imported here, not at the top, so that the tokenizer stands alone: utils loads NumPy.
+    from utils import GPT2Error
+
+    return GPT2Error(message)
