@@ -5,6 +5,7 @@ generation and sampling, then main. gpt2_pico.py is the same model without the c
 Everything is float32; shapes are written [n_seq, n_embd] etc. next to each line that changes one.
 """
 import argparse
+import json
 import math
 import os
 import sys
@@ -23,7 +24,7 @@ def softmax(x):
     return exp_x / np.sum(exp_x, axis=-1, keepdims=True)
 
 
-def layer_norm(x, g, b, eps=1e-5):  # [n_seq, n_embd] -> [n_seq, n_embd]
+def layer_norm(x, g, b, eps=1e-5):  # [..., n_embd] -> [..., n_embd]
     mean = np.mean(x, axis=-1, keepdims=True)
     variance = np.var(x, axis=-1, keepdims=True)
     return g * (x - mean) / np.sqrt(variance + eps) + b
@@ -172,6 +173,20 @@ def generate(inputs, params, n_head, n_tokens_to_generate, pick=np.argmax):
     return [token for token, _ in generate_steps(inputs, params, n_head, n_tokens_to_generate, pick)]
 
 
+def generate_completions(prompts, params, n_head, n_tokens_to_generate, picks=None, eot_token=None):
+    """The new tokens of each prompt, generated together; a prompt is done at eot_token (not included)."""
+    completions = [[] for _ in prompts]
+    done = [False] * len(prompts)
+    for tokens, _ in generate_batch_steps(prompts, params, n_head, n_tokens_to_generate, picks):
+        for row, token in enumerate(tokens):
+            done[row] = done[row] or token == eot_token
+            if not done[row]:
+                completions[row].append(token)
+        if all(done):
+            break
+    return completions
+
+
 # ---------------------------------------------------------------- sampling
 
 
@@ -202,6 +217,45 @@ def make_picker(temperature=0.0, top_k=0, top_p=1.0, seed=None):
         return min(int(np.searchsorted(cumulative, rng.random() * cumulative[-1], side="right")), len(logits) - 1)
 
     return pick
+
+
+# ---------------------------------------------------------------- scoring
+
+
+def target_logprobs(x, wte, targets, rows_at_once=256):  # [n, n_embd], [n] -> [n]
+    """log p(targets[i] | the context that produced x[i]); the head runs on a few rows at a time,
+    since all n_ctx rows of logits at once would take n_ctx * n_vocab * 4 bytes (200 MB for GPT-2)."""
+    out = np.empty(len(targets), dtype=np.float32)
+    for i in range(0, len(targets), rows_at_once):
+        logits = x[i : i + rows_at_once] @ wte.T  # [rows, n_embd] -> [rows, n_vocab]
+        peak = np.max(logits, axis=-1, keepdims=True)
+        log_total = np.log(np.sum(np.exp(logits - peak), axis=-1)) + peak[:, 0]  # log-sum-exp: [rows]
+        out[i : i + rows_at_once] = logits[np.arange(len(logits)), targets[i : i + rows_at_once]] - log_total
+    return out
+
+
+def token_logprobs(tokens, params, n_head, stride):  # [n_tokens] -> [n_tokens - 1]
+    """log p(tokens[i] | earlier tokens) for i >= 1, with a sliding window for texts longer than n_ctx.
+
+    Windows of n_ctx tokens start every `stride` tokens; each scores only the tokens that no earlier
+    window scored, so every token but the first is scored once, with at least n_ctx - stride tokens
+    of context once the text is longer than a window (HuggingFace's perplexity guide does the same).
+    """
+    tokens = np.asarray(tokens)
+    n_ctx = params["wpe"].shape[0]
+    if not 1 <= stride < n_ctx:
+        raise ValueError(f"stride must be from 1 to n_ctx - 1 = {n_ctx - 1}, so that windows overlap")
+    logprobs = np.empty(len(tokens) - 1, dtype=np.float32)
+    scored = 1  # the first token has no context to be predicted from
+    for begin in range(0, len(tokens), stride):
+        end = min(begin + n_ctx, len(tokens))
+        x = transformer([tokens[begin:end]], **params, n_head=n_head)[0]  # [end - begin, n_embd]
+        predictors = x[scored - 1 - begin : end - 1 - begin]  # the rows that predict tokens scored .. end - 1
+        logprobs[scored - 1 : end - 1] = target_logprobs(predictors, params["wte"], tokens[scored:end])
+        scored = end
+        if end == len(tokens):
+            break
+    return logprobs
 
 
 # ---------------------------------------------------------------- command line
@@ -244,23 +298,43 @@ def parse_args(argv=None):
     from utils import MODEL_SIZES
 
     parser = OneLineErrorParser(
-        description="Continue a prompt with OpenAI's GPT-2, in plain NumPy.",
+        description="Continue a prompt with OpenAI's GPT-2, in plain NumPy; or many prompts; or score a text.",
         epilog="A prompt that starts with '-' goes after '--', e.g. gpt2.py -- '-1 is a number'.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("prompt", help="text to continue, exactly as typed ('' for an unconditional sample)")
+    parser.add_argument("prompt", nargs="?", help="text to continue, exactly as typed ('' for an unconditional sample)")
     parser.add_argument("--n_tokens_to_generate", type=positive_int, default=40, help="how many tokens to add")
     parser.add_argument("--model_size", choices=MODEL_SIZES, default="124M", help="which GPT-2 release")
     parser.add_argument("--models_dir", default=None, help="where model files are kept; it must exist (default: ./models, created on first use)")
     parser.add_argument("--base_url", default=None, help="download from here instead of OpenAI's bucket (or set GPT2_BASE_URL)")
-    parser.add_argument("--temperature", type=non_negative_float, default=0.0, help="0: greedy; higher: more random")
-    parser.add_argument("--top_k", type=non_negative_int, default=0, help="sample among the K most likely tokens (0: all)")
-    parser.add_argument("--top_p", type=probability, default=1.0, help="sample among the most likely tokens holding this much probability (1: all)")
-    parser.add_argument("--seed", type=int, default=None, help="random seed: the same seed gives the same sample")
-    parser.add_argument("--ignore_eos", action="store_true", help="keep going after <|endoftext|> instead of stopping")
-    parser.add_argument("--show_probs", type=non_negative_int, default=0, metavar="K", help="print the top K candidates of every step on stderr")
     parser.add_argument("--threads", type=positive_int, default=None, help="BLAS threads (default: as OMP_NUM_THREADS / OPENBLAS_NUM_THREADS, else all cores)")
-    return parser.parse_args(argv)
+    sampling = parser.add_argument_group("choosing tokens")
+    sampling.add_argument("--temperature", type=non_negative_float, default=0.0, help="0: greedy; higher: more random")
+    sampling.add_argument("--top_k", type=non_negative_int, default=0, help="sample among the K most likely tokens (0: all)")
+    sampling.add_argument("--top_p", type=probability, default=1.0, help="sample among the most likely tokens holding this much probability (1: all)")
+    sampling.add_argument("--seed", type=non_negative_int, default=None, help="random seed: the same seed gives the same sample")
+    sampling.add_argument("--ignore_eos", action="store_true", help="keep going after <|endoftext|> instead of stopping")
+    sampling.add_argument("--show_probs", type=non_negative_int, default=0, metavar="K", help="print the top K candidates of every step on stderr")
+    batch = parser.add_argument_group("many prompts")
+    batch.add_argument("--prompts_file", metavar="PATH", help='generate for each line of PATH (of a .jsonl file: each {"prompt": ...}); prints JSON Lines')
+    batch.add_argument("--batch_size", type=positive_int, default=8, help="how many prompts share each forward pass")
+    batch.add_argument("--output", metavar="PATH", help="write the JSON Lines here; run again with the same arguments to continue an interrupted run")
+    scoring = parser.add_argument_group("scoring a text")
+    scoring.add_argument("--score", metavar="PATH", help="print the average negative log-likelihood and perplexity of PATH's text ('-': standard input)")
+    scoring.add_argument("--stride", type=positive_int, default=None, help="for texts longer than n_ctx, how far the window moves; below n_ctx (default: n_ctx // 2)")
+    scoring.add_argument("--json", action="store_true", help="with --score: print JSON, with every token's log-probability")
+    args = parser.parse_args(argv)
+    if (args.prompt is not None) + (args.prompts_file is not None) + (args.score is not None) != 1:
+        parser.error("give exactly one of: a prompt, --prompts_file PATH, --score PATH")
+    for option, value, needs, mode in [
+        ("--output", args.output, "--prompts_file", args.prompts_file),
+        ("--json", args.json, "--score", args.score),
+        ("--stride", args.stride, "--score", args.score),
+        ("--show_probs", args.show_probs, "a single prompt", args.prompt),
+    ]:
+        if value and mode is None:
+            parser.error(f"{option} goes with {needs}")
+    return args
 
 
 def token_repr(encoder, token):
@@ -291,14 +365,17 @@ def stream_continuation(encoder, steps, eot_token, show_probs, out, err):
     out.flush()
 
 
-def run(args):
+def load_model(args):
     from utils import GPT2Error, load_encoder_hparams_and_params
 
-    if args.models_dir is None:
-        args.models_dir = "models"
-    elif not os.path.isdir(args.models_dir):  # a typo should not start a download somewhere unexpected
-        raise GPT2Error(f"--models_dir {args.models_dir} is not a directory: create it or check the path")
-    encoder, hparams, params = load_encoder_hparams_and_params(args.model_size, args.models_dir, args.base_url)
+    models_dir = args.models_dir or "models"
+    if args.models_dir is not None and not os.path.isdir(models_dir):  # a typo should not start a download elsewhere
+        raise GPT2Error(f"--models_dir {models_dir} is not a directory: create it or check the path")
+    return load_encoder_hparams_and_params(args.model_size, models_dir, args.base_url)
+
+
+def run_prompt(args):
+    encoder, hparams, params = load_model(args)
     inputs = encoder.encode(args.prompt) or [encoder.eot_token]  # empty prompt: start a new document
     check_context(len(inputs), args.n_tokens_to_generate, hparams["n_ctx"])
     pick = make_picker(args.temperature, args.top_k, args.top_p, args.seed)
@@ -307,6 +384,80 @@ def run(args):
     stream_continuation(encoder, steps, eot_token, args.show_probs, sys.stdout.buffer, sys.stderr)
     if sys.stdout.isatty():
         print()  # end the line in a terminal; files and pipes get exactly the continuation
+
+
+def completion_record(line, prompt, completion, tokens):
+    """One line of JSON Lines output; utils.RECORD_START relies on "line" coming first."""
+    record = {"line": line, "prompt": prompt, "completion": completion, "tokens": tokens}
+    return (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+def run_prompts_file(args):
+    from utils import count_finished_records, read_prompts
+
+    prompts = read_prompts(args.prompts_file)  # all of it is checked before the model loads
+    encoder, hparams, params = load_model(args)
+    encoded = [encoder.encode(prompt) or [encoder.eot_token] for _, prompt in prompts]
+    for (number, _), tokens in zip(prompts, encoded):  # every prompt must fit before any work starts
+        try:
+            check_context(len(tokens), args.n_tokens_to_generate, hparams["n_ctx"])
+        except ContextError as e:
+            raise ContextError(f"{args.prompts_file} line {number}: {e}") from None
+    first = count_finished_records(args.output, prompts) if args.output else 0
+    if args.output:
+        with open(args.output, "ab") as out:
+            write_completions(args, encoder, params, hparams["n_head"], prompts, encoded, first, out)
+    else:
+        write_completions(args, encoder, params, hparams["n_head"], prompts, encoded, first, sys.stdout.buffer)
+
+
+def write_completions(args, encoder, params, n_head, prompts, encoded, first, out):
+    """Generate for prompts[first:] in batches, writing each batch's records as soon as it is done."""
+    eot_token = None if args.ignore_eos else encoder.eot_token
+    for start in range(first, len(prompts), args.batch_size):
+        rows = range(start, min(start + args.batch_size, len(prompts)))
+        # each prompt draws from its own generator, so a sample does not depend on the batch size
+        seeds = [None if args.seed is None else [args.seed, row] for row in rows]
+        picks = [make_picker(args.temperature, args.top_k, args.top_p, seed) for seed in seeds]
+        batch = [encoded[row] for row in rows]
+        completions = generate_completions(batch, params, n_head, args.n_tokens_to_generate, picks, eot_token)
+        out.write(b"".join(completion_record(*prompts[row], encoder.decode(new), new) for row, new in zip(rows, completions)))
+        out.flush()
+        if out is not sys.stdout.buffer:
+            os.fsync(out.fileno())  # a finished batch survives a crash or a power cut
+
+
+def run_score(args):
+    from utils import GPT2Error, read_text
+
+    text = read_text(args.score)
+    encoder, hparams, params = load_model(args)
+    tokens = encoder.encode(text)
+    if len(tokens) < 2:
+        raise GPT2Error(f"{args.score} has {len(tokens)} token(s): scoring needs at least 2")
+    stride = args.stride or hparams["n_ctx"] // 2
+    if stride >= hparams["n_ctx"]:  # windows must overlap, or each window's first token has no context
+        raise GPT2Error(f"--stride {stride} must be smaller than the model's context ({hparams['n_ctx']} tokens)")
+    logprobs = token_logprobs(tokens, params, hparams["n_head"], stride)
+    nll = -math.fsum(logprobs.tolist()) / len(logprobs)  # average negative log-likelihood, nats per token
+    summary = {"n_tokens_scored": len(logprobs), "avg_nll": nll, "perplexity": math.exp(nll), "stride": stride}
+    if args.json:
+        # a token holding part of a character's bytes shows U+FFFD in "text"; "token" is exact
+        per_token = [{"token": t, "text": encoder.decode([t]), "logprob": float(lp)} for t, lp in zip(tokens[1:], logprobs)]
+        print(json.dumps({**summary, "tokens": per_token}, ensure_ascii=False))
+    else:
+        print(f"tokens scored: {len(logprobs)} (the first token has no context)")
+        print(f"average negative log-likelihood: {nll:.4f} nats/token")
+        print(f"perplexity: {math.exp(nll):.4f}")
+
+
+def run(args):
+    if args.score is not None:
+        run_score(args)
+    elif args.prompts_file is not None:
+        run_prompts_file(args)
+    else:
+        run_prompt(args)
 
 
 def main(argv=None):

@@ -8,7 +8,10 @@ with TensorFlow's own tf.train.load_variable (independent of this project's read
 - `<name>/columns` and `<name>/logits_columns`: the logits of every position at 1,024 fixed
   vocabulary columns (storing all 50,257 columns at every position would take megabytes);
 - `<name>/logits_last`: all 50,257 logits at the last position;
-- `<name>/cli_tokens`: transformers' greedy continuation of reference.CLI_PROMPT.
+- `<name>/cli_tokens`: transformers' greedy continuation of reference.CLI_PROMPT;
+- `<name>/score_nll_stride<S>`: the average negative log-likelihood of reference.SCORE_TEXT with
+  sliding windows of n_ctx tokens every S tokens (S = n_ctx // 2 and 5), and `<name>/score_nll_short`
+  transformers' own loss on reference.SHORT_SCORE_TEXT.
 """
 import os
 import sys
@@ -45,6 +48,15 @@ def main():
         out[f"{name}/logits_columns"] = logits[:, columns].astype(np.float32)
         out[f"{name}/logits_last"] = logits[-1].astype(np.float32)
         out[f"{name}/cli_tokens"] = np.array(reference.hf_greedy(model, prompt, reference.CLI_NEW_TOKENS))
+        encoder = get_encoder(name, reference.FIXTURES_DIR)
+        score_tokens = encoder.encode(reference.SCORE_TEXT)
+        for stride in (hparams["n_ctx"] // 2, 5):
+            out[f"{name}/score_nll_stride{stride}"] = np.float64(
+                reference.hf_window_nll(model, score_tokens, hparams["n_ctx"], stride)
+            )
+        out[f"{name}/score_nll_short"] = np.float64(
+            reference.hf_short_text_nll(model, encoder.encode(reference.SHORT_SCORE_TEXT))
+        )
         print(f"{name}: {len(tokens)} positions, greedy continuation {out[f'{name}/cli_tokens'].tolist()}")
     np.savez_compressed(reference.REFERENCE_FILE, **out)
     print(f"wrote {reference.REFERENCE_FILE} ({os.path.getsize(reference.REFERENCE_FILE)} bytes)")

@@ -17,6 +17,18 @@ FIXTURE_CONFIGS = ("tiny-a", "tiny-b")
 N_COLUMNS = 1024  # vocabulary columns stored for every position (all 50,257 only at the last position)
 CLI_PROMPT = "Alan Turing theorized that computers would one day become"
 CLI_NEW_TOKENS = 16
+# a text several times longer than the fixtures' contexts (32 and 64 tokens), for scoring
+SCORE_TEXT = (
+    "The tokenizer cuts a text into pieces, and the model reads the pieces one after another. At every "
+    "position it guesses what comes next, and the guess is a probability for each of the 50,257 pieces it "
+    "knows. Scoring a text asks how surprised the model is by what really came next: the negative "
+    "logarithm of the probability it gave to the true piece, averaged over the text. Perplexity is the "
+    "exponential of that average, so a perplexity of 20 means the model was, on average, as unsure as if it "
+    "had to choose among 20 equally likely pieces. Texts longer than the context are read in windows that "
+    "overlap, so that every piece is predicted with plenty of context before it. \u00c9t\u00e9, na\u00efve, "
+    "\u65e5\u672c\u8a9e and \U0001F600 make sure the bytes of a character can be split across pieces."
+)
+SHORT_SCORE_TEXT = "A short text scores in a single window."
 
 
 def fixture_dir(name):
@@ -118,3 +130,36 @@ def hf_greedy(model, tokens, n_new):
             pad_token_id=0,
         )
     return out[0, len(tokens) :].tolist()
+
+
+def hf_window_nll(model, tokens, n_ctx, stride):
+    """Average negative log-likelihood of tokens[1:] with transformers, windowed as in HuggingFace's
+    perplexity guide: windows of n_ctx tokens every `stride` tokens, each labelling (-100 elsewhere) the
+    tokens no earlier window scored. Each window's mean loss is weighted by the number of tokens it
+    really scored (the guide's weighting is off by one for every window after the first)."""
+    import torch
+
+    nll_sum, n_scored, scored_until = 0.0, 0, 0
+    for begin in range(0, len(tokens), stride):
+        end = min(begin + n_ctx, len(tokens))
+        window = torch.tensor([tokens[begin:end]])
+        labels = window.clone()
+        labels[0, : scored_until - begin] = -100  # scored by an earlier window
+        with torch.no_grad():
+            loss = model(window, labels=labels).loss.item()
+        count = int((labels[0, 1:] != -100).sum())  # the model shifts labels by one internally
+        nll_sum += loss * count
+        n_scored += count
+        scored_until = end
+        if end == len(tokens):
+            break
+    assert n_scored == len(tokens) - 1
+    return nll_sum / n_scored
+
+
+def hf_short_text_nll(model, tokens):
+    """transformers' own loss of a text that fits one window: model(ids, labels=ids).loss."""
+    import torch
+
+    with torch.no_grad():
+        return model(torch.tensor([tokens]), labels=torch.tensor([tokens])).loss.item()

@@ -1,0 +1,153 @@
+"""Scoring a text: average negative log-likelihood and perplexity, with a sliding window.
+
+Tolerance: 1e-4 relative against transformers (float64). Our per-token log-probabilities are
+float32 (about 1e-6 relative each) and averaging only shrinks that error.
+"""
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import gpt2
+import reference
+from conftest import REPO_DIR, load_fixture
+from encoder import get_encoder
+
+RTOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    return get_encoder("tiny-a", reference.FIXTURES_DIR)
+
+
+def stored(key):
+    with np.load(reference.REFERENCE_FILE) as data:
+        return float(data[key])
+
+
+def average_nll(fixture, tokens, stride):
+    hparams, params = load_fixture(fixture)
+    logprobs = gpt2.token_logprobs(tokens, params, hparams["n_head"], stride)
+    assert logprobs.dtype == np.float32 and logprobs.shape == (len(tokens) - 1,)
+    return -math.fsum(logprobs.tolist()) / len(logprobs)
+
+
+@pytest.mark.parametrize("stride", ["half", 5])
+def test_windowed_nll_matches_stored_transformers_reference(fixture_name, encoder, stride):
+    n_ctx = reference.read_hparams(reference.fixture_dir(fixture_name))["n_ctx"]
+    stride = n_ctx // 2 if stride == "half" else stride
+    tokens = encoder.encode(reference.SCORE_TEXT)
+    assert len(tokens) > 2 * n_ctx, "the text must span several windows (at least 4 at stride n_ctx // 2)"
+    expected = stored(f"{fixture_name}/score_nll_stride{stride}")
+    assert average_nll(fixture_name, tokens, stride) == pytest.approx(expected, rel=RTOL)
+
+
+def test_short_text_nll_matches_transformers_own_loss(fixture_name, encoder):
+    tokens = encoder.encode(reference.SHORT_SCORE_TEXT)
+    expected = stored(f"{fixture_name}/score_nll_short")
+    assert average_nll(fixture_name, tokens, 16) == pytest.approx(expected, rel=RTOL)
+
+
+def test_windowing_equals_the_definition_token_by_token(encoder):
+    """Token i is scored once, by the first window that contains it (windows start every stride
+    tokens and hold n_ctx), with that window's tokens before it as context."""
+    hparams, params = load_fixture("tiny-a")
+    n_ctx, stride = hparams["n_ctx"], 12
+    tokens = encoder.encode(reference.SCORE_TEXT)
+    ours = gpt2.token_logprobs(tokens, params, hparams["n_head"], stride)
+    with pytest.raises(ValueError, match="windows overlap"):
+        gpt2.token_logprobs(tokens, params, hparams["n_head"], n_ctx)
+    for i in range(1, len(tokens)):
+        window_start = next(b for b in range(0, len(tokens), stride) if i < b + n_ctx)
+        logits = gpt2.gpt2(tokens[window_start:i], **params, n_head=hparams["n_head"])[-1].astype(np.float64)
+        expected = logits[tokens[i]] - (np.log(np.sum(np.exp(logits - logits.max()))) + logits.max())
+        assert ours[i - 1] == pytest.approx(expected, abs=1e-4), i
+
+
+def test_windowed_nll_matches_live_transformers(fixture_name, encoder):
+    pytest.importorskip("torch", reason="the live comparison needs torch==2.13.0 and transformers")
+    pytest.importorskip("transformers", reason="the live comparison needs transformers")
+    import utils
+
+    hparams = reference.read_hparams(reference.fixture_dir(fixture_name))
+    model = reference.hf_model(hparams, utils.map_checkpoint_tensors(reference.fixture_dir(fixture_name), hparams))
+    tokens = encoder.encode(reference.SCORE_TEXT)
+    for stride in (3, 7, hparams["n_ctx"] - 1):  # many small steps, an odd step, the largest step
+        expected = reference.hf_window_nll(model, tokens, hparams["n_ctx"], stride)
+        assert average_nll(fixture_name, tokens, stride) == pytest.approx(expected, rel=RTOL), stride
+
+
+# ---- the command line
+
+
+@pytest.fixture(scope="module")
+def models_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    os.symlink(reference.fixture_dir("tiny-a"), root / "124M")
+    return root
+
+
+def run_cli(*args, stdin=None):
+    env = dict(os.environ, GPT2_BASE_URL="http://127.0.0.1:9/gpt-2/models")
+    return subprocess.run([sys.executable, os.path.join(REPO_DIR, "gpt2.py"), *map(str, args)],
+                          capture_output=True, env=env, timeout=120, input=stdin)
+
+
+def test_score_prints_nll_and_perplexity(models_dir, encoder, tmp_path):
+    text_file = tmp_path / "text.txt"
+    text_file.write_text(reference.SCORE_TEXT, encoding="utf-8")
+    result = run_cli("--score", text_file, "--models_dir", models_dir)
+    assert result.returncode == 0, result.stderr.decode()
+    lines = result.stdout.decode().splitlines()
+    assert lines[0] == f"tokens scored: {len(encoder.encode(reference.SCORE_TEXT)) - 1} (the first token has no context)"
+    nll = stored("tiny-a/score_nll_stride16")  # the default stride is n_ctx // 2 = 16
+    assert lines[1].startswith("average negative log-likelihood: ") and lines[1].endswith(" nats/token")
+    assert float(lines[1].split()[-2]) == pytest.approx(nll, rel=RTOL)
+    assert lines[2].startswith("perplexity: ")
+    assert float(lines[2].split()[-1]) == pytest.approx(math.exp(nll), rel=RTOL * nll)  # exp turns an absolute error into a relative one
+
+
+def test_score_json_lists_every_tokens_log_probability(models_dir, encoder, tmp_path):
+    text_file = tmp_path / "text.txt"
+    text_file.write_text(reference.SCORE_TEXT, encoding="utf-8")
+    result = run_cli("--score", text_file, "--models_dir", models_dir, "--json", "--stride", 5)
+    report = json.loads(result.stdout)
+    tokens = encoder.encode(reference.SCORE_TEXT)
+    assert [t["token"] for t in report["tokens"]] == tokens[1:]
+    assert [t["text"] for t in report["tokens"]] == [encoder.decode([t]) for t in tokens[1:]]
+    assert -sum(t["logprob"] for t in report["tokens"]) / len(tokens[1:]) == pytest.approx(report["avg_nll"], rel=1e-6)
+    assert report["avg_nll"] == pytest.approx(stored("tiny-a/score_nll_stride5"), rel=RTOL)
+    assert report["perplexity"] == pytest.approx(math.exp(report["avg_nll"]))
+
+
+def test_score_reads_standard_input_for_dash(models_dir, tmp_path):
+    text_file = tmp_path / "text.txt"
+    text_file.write_text(reference.SCORE_TEXT, encoding="utf-8")
+    from_file = run_cli("--score", text_file, "--models_dir", models_dir)
+    from_stdin = run_cli("--score", "-", "--models_dir", models_dir, stdin=reference.SCORE_TEXT.encode("utf-8"))
+    assert from_stdin.returncode == 0 and from_stdin.stdout == from_file.stdout
+
+
+@pytest.mark.parametrize("content, extra, message", [
+    (b"", [], "has 0 token(s)"),
+    (b"Hi", [], "has 1 token(s)"),
+    (b"\xff\xfe bad bytes", [], "is not UTF-8"),
+    (b"plenty of words to score here", ["--stride", "32"], "must be smaller than the model's context (32 tokens)"),
+])
+def test_bad_score_input_is_a_one_line_error(models_dir, tmp_path, content, extra, message):
+    text_file = tmp_path / "text.txt"
+    text_file.write_bytes(content)
+    result = run_cli("--score", text_file, "--models_dir", models_dir, *extra)
+    stderr = result.stderr.decode()
+    assert result.returncode != 0 and stderr.count("\n") == 1 and "Traceback" not in stderr, stderr
+    assert message in stderr
+
+
+def test_missing_score_file_is_a_one_line_error_naming_it(models_dir, tmp_path):
+    result = run_cli("--score", tmp_path / "nope.txt", "--models_dir", models_dir)
+    assert result.returncode != 0 and "nope.txt" in result.stderr.decode()
