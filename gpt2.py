@@ -5,6 +5,7 @@ generation and sampling, then main. gpt2_pico.py is the same model without the c
 Everything is float32; shapes are written [n_seq, n_embd] etc. next to each line that changes one.
 """
 import argparse
+import io
 import json
 import math
 import os
@@ -381,7 +382,13 @@ def run_prompt(args):
     pick = make_picker(args.temperature, args.top_k, args.top_p, args.seed)
     steps = generate_steps(inputs, params, hparams["n_head"], args.n_tokens_to_generate, pick)
     eot_token = None if args.ignore_eos else encoder.eot_token
-    stream_continuation(encoder, steps, eot_token, args.show_probs, sys.stdout.buffer, sys.stderr)
+    # on one terminal, text streamed between the --show_probs rows would break them: text after rows
+    one_terminal = args.show_probs and sys.stdout.isatty() and sys.stderr.isatty()
+    out = io.BytesIO() if one_terminal else sys.stdout.buffer
+    stream_continuation(encoder, steps, eot_token, args.show_probs, out, sys.stderr)
+    if one_terminal:
+        sys.stdout.buffer.write(out.getvalue())
+        sys.stdout.flush()
     if sys.stdout.isatty():
         print()  # end the line in a terminal; files and pipes get exactly the continuation
 

@@ -270,3 +270,30 @@ def test_ignore_eos_streams_past_endoftext(encoder):
     out = RecordingStream()
     gpt2.stream_continuation(encoder, ((t, None) for t in tokens), None, 0, out, io.StringIO())
     assert out.getvalue() == b"Hello<|endoftext|> more"
+
+
+def test_show_probs_on_one_terminal_prints_the_rows_then_the_text(models_dir):
+    """Streamed text between the rows would break them, so on a terminal the text follows them."""
+    import pty
+
+    primary, secondary = pty.openpty()
+    env = dict(os.environ, GPT2_BASE_URL="http://127.0.0.1:9/gpt-2/models")
+    process = subprocess.Popen([sys.executable, os.path.join(REPO_DIR, "gpt2.py"), "Hello", "--n_tokens_to_generate", "3",
+                                "--models_dir", str(models_dir), "--show_probs", "2"],
+                               stdout=secondary, stderr=secondary, env=env, close_fds=True)
+    os.close(secondary)
+    screen = b""
+    while True:
+        try:
+            chunk = os.read(primary, 4096)
+        except OSError:  # the terminal closes when the process exits
+            break
+        if not chunk:
+            break
+        screen += chunk
+    os.close(primary)
+    assert process.wait(timeout=60) == 0
+    lines = screen.decode("utf-8").replace("\r\n", "\n").split("\n")
+    assert [line.startswith(f"step    {i}: chose ") for i, line in enumerate(lines[:3], 1)] == [True] * 3
+    plain = run_cli("Hello", "--n_tokens_to_generate", 3, "--models_dir", models_dir)
+    assert lines[3] == plain.stdout.decode("utf-8")
