@@ -11,7 +11,7 @@ import numpy as np
 
 
 def gelu(x):  # GPT-2's GELU, the tanh approximation
-    return 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)))
+    return 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x * x * x)))
 
 
 def softmax(x):  # turn scores into probabilities along the last axis

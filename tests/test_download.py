@@ -206,7 +206,7 @@ class RecordingBar(tqdm):
 @pytest.fixture
 def progress_bars(monkeypatch):
     monkeypatch.setattr(RecordingBar, "bars", [])
-    monkeypatch.setattr(utils, "tqdm", RecordingBar)
+    monkeypatch.setattr("tqdm.tqdm", RecordingBar)  # utils imports it from tqdm when it downloads
     return RecordingBar.bars
 
 

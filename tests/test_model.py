@@ -182,5 +182,9 @@ def test_kv_cache_is_one_float32_array_sized_for_the_batch_and_prompt_plus_new_t
     hparams, params = load_fixture("tiny-b")
     cache = gpt2.new_kv_cache(params, hparams["n_head"], 3, 10)
     head_dim = hparams["n_embd"] // hparams["n_head"]
-    assert cache.shape == (hparams["n_layer"], 2, 3, hparams["n_head"], 10, head_dim)
-    assert cache.dtype == np.float32
+    assert len(cache) == hparams["n_layer"]
+    for keys, values in cache:
+        assert keys.shape == (3, hparams["n_head"], head_dim, 10)  # keys transposed, for q @ keys
+        assert values.shape == (3, hparams["n_head"], 10, head_dim)
+        assert keys.dtype == values.dtype == np.float32
+    assert cache[0][0].base is cache[1][0].base, "one allocation for all layers"
