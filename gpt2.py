@@ -15,10 +15,22 @@ import numpy as np
 
 
 def gelu(x):
-    """GELU as GPT-2 computes it: the tanh approximation ("gelu_new" in HuggingFace transformers)."""
-    # math.sqrt keeps the constant a Python float: np.sqrt would make it float64 and promote x.
-    # x * x * x, not x**3: NumPy computes a float32 power with a generic pow, ~300x slower here.
-    return 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x * x * x)))
+    """GELU as GPT-2 computes it, the tanh approximation ("gelu_new" in HuggingFace transformers):
+    0.5 * x * (1 + tanh(sqrt(2 / pi) * (x + 0.044715 * x**3))), as gpt2_pico.py writes it.
+
+    Here it is computed in one buffer, updated in place: GELU runs on the widest activations
+    (4 * n_embd per token), where each temporary array of the one-line form costs time.
+    """
+    y = x * x  # x * x * x, not x**3: NumPy computes a float32 power with a generic pow, ~300x slower
+    y *= x
+    y *= 0.044715
+    y += x
+    y *= math.sqrt(2 / math.pi)  # math.sqrt keeps a Python float; np.sqrt's float64 would promote y
+    np.tanh(y, out=y)
+    y += 1
+    y *= x
+    y *= 0.5
+    return y
 
 
 def softmax(x):
@@ -27,14 +39,15 @@ def softmax(x):
 
 
 def layer_norm(x, g, b, eps=1e-5):  # [..., n_embd] -> [..., n_embd]
-    mean = np.mean(x, axis=-1, keepdims=True)
-    variance = np.var(x, axis=-1, keepdims=True)
-    return g * (x - mean) / np.sqrt(variance + eps) + b
+    centered = x - np.mean(x, axis=-1, keepdims=True)
+    variance = np.mean(centered * centered, axis=-1, keepdims=True)  # np.var would center x again
+    return centered * (g / np.sqrt(variance + eps)) + b
 
 
 def linear(x, w, b):  # [..., n_in] -> [..., n_out]
-    # one 2-D matrix product for all rows: on 3-D input NumPy would loop, reading w once per sequence
-    return (x.reshape(-1, w.shape[0]) @ w).reshape(*x.shape[:-1], w.shape[1]) + b
+    y = x.reshape(-1, w.shape[0]) @ w  # one 2-D product for all rows: on 3-D input NumPy would loop over them
+    y += b  # in place: filling a second fresh array took as long as a third of the product itself
+    return y.reshape(*x.shape[:-1], w.shape[1])
 
 
 def ffn(x, c_fc, c_proj):  # [n_batch, n_seq, n_embd] -> [n_batch, n_seq, n_embd]
@@ -60,8 +73,14 @@ def attention_mask(n_pad, n_seq, start):  # [n_batch] -> [n_batch, 1, n_seq, sta
 
 def attention(q, keys, values, mask):  # [n_batch, n_head, n_seq, head_dim], [.., head_dim, n_kv], [.., n_kv, head_dim] -> [n_batch, n_head, n_seq, head_dim]
     q = q * (1 / math.sqrt(q.shape[-1]))  # scale the queries (fewer numbers than the scores)
-    scores = q @ keys + mask  # [.., n_seq, head_dim] @ [.., head_dim, n_kv] -> [n_batch, n_head, n_seq, n_kv]
-    return softmax(scores) @ values  # [.., n_seq, n_kv] @ [.., n_kv, head_dim] -> [n_batch, n_head, n_seq, head_dim]
+    scores = q @ keys  # [.., n_seq, head_dim] @ [.., head_dim, n_kv] -> [n_batch, n_head, n_seq, n_kv]
+    if mask is not None:  # None: one new token per row and no padding, so nothing to hide
+        scores += mask
+    # softmax, in place: scores is ours, and n_head * n_seq * n_kv floats are worth not copying 4 times
+    scores -= np.max(scores, axis=-1, keepdims=True)
+    np.exp(scores, out=scores)
+    scores /= np.sum(scores, axis=-1, keepdims=True)
+    return scores @ values  # [.., n_seq, n_kv] @ [.., n_kv, head_dim] -> [n_batch, n_head, n_seq, head_dim]
 
 
 def remember(kv, k, v, start):  # [n_batch, n_head, n_seq, head_dim] x2 -> [.., head_dim, n_kv], [.., n_kv, head_dim]
@@ -102,7 +121,8 @@ def transformer(inputs, wte, wpe, blocks, ln_f, n_head, kv_cache=None, start=0, 
     n_batch, n_seq = inputs.shape
     n_pad = np.zeros(n_batch, dtype=np.int64) if n_pad is None else n_pad
     x = wte[inputs] + wpe[positions(n_pad, n_seq, start)]  # [n_batch, n_seq] -> [n_batch, n_seq, n_embd]
-    mask = attention_mask(n_pad, n_seq, start)  # [n_batch, 1, n_seq, start + n_seq]
+    needs_mask = n_seq > 1 or n_pad.any()  # a single new token may see everything before it
+    mask = attention_mask(n_pad, n_seq, start) if needs_mask else None  # [n_batch, 1, n_seq, start + n_seq]
     for layer, block in enumerate(blocks):
         kv = None if kv_cache is None else kv_cache[layer]  # (keys, values) of this layer
         x = transformer_block(x, **block, n_head=n_head, kv=kv, start=start, mask=mask)

@@ -47,7 +47,7 @@ def test_gelu_is_gpt2s_tanh_approximation():
     x = np.array([-3.0, -1.0, 0.0, 0.5, 1.0, 4.0], dtype=np.float32)
     exact_tanh_form = [0.5 * v * (1 + math.tanh(math.sqrt(2 / math.pi) * (v + 0.044715 * v**3))) for v in x.tolist()]
     np.testing.assert_allclose(gpt2.gelu(x), exact_tanh_form, atol=1e-6)
-    assert abs(float(gpt2.gelu(np.float32(1.0))) - 0.8411920) < 1e-6
+    assert abs(float(gpt2.gelu(np.array([1.0], dtype=np.float32))[0]) - 0.8411920) < 1e-6
 
 
 def test_attention_mask_hides_later_tokens_and_left_padding():
