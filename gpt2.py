@@ -39,8 +39,10 @@ def softmax(x):
 
 
 def layer_norm(x, g, b, eps=1e-5):  # [..., n_embd] -> [..., n_embd]
-    centered = x - np.mean(x, axis=-1, keepdims=True)
-    variance = np.mean(centered * centered, axis=-1, keepdims=True)  # np.var would center x again
+    # means as sum * (1/n): np.mean's Python wrapper made it 2.5x slower on a decoding step's one row
+    inverse_n = 1 / x.shape[-1]
+    centered = x - np.sum(x, axis=-1, keepdims=True) * inverse_n
+    variance = np.sum(centered * centered, axis=-1, keepdims=True) * inverse_n  # np.var would center x again
     return centered * (g / np.sqrt(variance + eps)) + b
 
 
