@@ -1,8 +1,12 @@
 """GPT-2 in plain NumPy: the model, fast generation with a key/value cache, and the command line.
 
 Read top-down: small building blocks, attention and the transformer block, the model, then
-generation and sampling, then main. gpt2_pico.py is the same model without the cache, as a tutorial.
-Everything is float32; shapes are written [n_seq, n_embd] etc. next to each line that changes one.
+generation, sampling and scoring, then the command line. gpt2_pico.py is the same model without the
+cache or the batch axis, as a tutorial: read it first.
+
+Everything is float32. The model takes a batch of token rows, [n_batch, n_seq], so that several
+prompts can share each forward pass; one prompt is a batch of one. Shapes are written
+[n_batch, n_seq, n_embd] etc. next to each line that changes one.
 """
 import argparse
 import io
