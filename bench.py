@@ -65,6 +65,10 @@ import gpt2  # noqa: E402
 import gpt2_pico  # noqa: E402
 import utils  # noqa: E402
 
+sys.path.insert(0, TESTS_DIR)
+import reference  # noqa: E402  (the tests' transformers model built from a checkpoint, and its greedy loop)
+from reference import hf_greedy as transformers_generate  # noqa: E402  (transformers' own loop, KV cache on)
+
 PROMPT = "Alan Turing theorized that computers would one day become"  # 10 tokens
 LONG_PROMPT_TOKENS = 500
 CLI_NEW_TOKENS = 40
@@ -164,9 +168,6 @@ def ensure_transformers_copy(cache_dir, size, model_dir):
     if os.path.isfile(os.path.join(hf_dir, "config.json")):
         return hf_dir
     print(f"saving the weights for transformers to {hf_dir} (once) ...", flush=True)
-    sys.path.insert(0, TESTS_DIR)
-    import reference  # the tests' mapping from checkpoint names to GPT2LMHeadModel's
-
     hparams = utils.load_hparams(model_dir)
     model = reference.hf_model(hparams, utils.map_checkpoint_tensors(model_dir, hparams)).float()
     partial = tempfile.mkdtemp(prefix=f".transformers-{size}-", dir=cache_dir)
@@ -297,23 +298,6 @@ def transformers_prefill(model, prompt):
 
     with torch.no_grad():
         model(torch.tensor([prompt]), use_cache=True, logits_to_keep=1)
-
-
-def transformers_generate(model, prompt, n_new):
-    """Greedy generation with transformers' own loop and KV cache: the new token ids."""
-    import torch
-
-    with torch.no_grad():
-        out = model.generate(
-            torch.tensor([prompt]),
-            attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
-            do_sample=False,
-            max_new_tokens=n_new,
-            min_new_tokens=n_new,  # never stop early at <|endoftext|>
-            use_cache=True,
-            pad_token_id=0,
-        )
-    return out[0, len(prompt) :].tolist()
 
 
 def generation_steps_seconds(generate, n_steps):
