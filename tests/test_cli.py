@@ -297,3 +297,16 @@ def test_show_probs_on_one_terminal_prints_the_rows_then_the_text(models_dir):
     assert [line.startswith(f"step    {i}: chose ") for i, line in enumerate(lines[:3], 1)] == [True] * 3
     plain = run_cli("Hello", "--n_tokens_to_generate", 3, "--models_dir", models_dir)
     assert lines[3] == plain.stdout.decode("utf-8")
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_threads_option_sets_the_blas_thread_count(models_dir, threads):
+    script = (
+        "import sys; sys.path.insert(0, sys.argv[1]); import gpt2; from threadpoolctl import threadpool_info; "
+        f"gpt2.main(['Hi', '--n_tokens_to_generate', '2', '--models_dir', sys.argv[2], '--threads', '{threads}']); "
+        "print(sorted({p['num_threads'] for p in threadpool_info() if p['user_api'] == 'blas'}), file=sys.stderr)"
+    )
+    env = dict(os.environ, GPT2_BASE_URL="http://127.0.0.1:9/gpt-2/models")
+    result = subprocess.run([sys.executable, "-c", script, REPO_DIR, str(models_dir)], capture_output=True, env=env, timeout=60)
+    assert result.returncode == 0, result.stderr.decode()
+    assert result.stderr.decode().strip().splitlines()[-1] == f"[{threads}]"
