@@ -513,6 +513,8 @@ def main(argv=None):
         run(args)
     except (GPT2Error, ContextError) as e:
         sys.exit(f"gpt2.py: error: {e}")
+    except MemoryError:
+        sys.exit("gpt2.py: error: out of memory: use a smaller --batch_size, fewer tokens or a smaller model")
     except KeyboardInterrupt:
         sys.exit(130)
     except BrokenPipeError:  # e.g. piped into `head`: the reader has gone, nothing left to say

@@ -233,3 +233,19 @@ def test_conflicting_options_are_a_one_line_error(args, message):
     result = run_cli(*args)
     stderr = result.stderr.decode()
     assert result.returncode != 0 and stderr.count("\n") == 1 and message in stderr, stderr
+
+
+def test_running_out_of_memory_is_a_one_line_error(models_dir, tmp_path):
+    """A batch whose key/value cache cannot be allocated: NumPy's MemoryError becomes advice."""
+    path = write_prompts(tmp_path / "prompts.txt", ["a"] * 3)
+    script = (
+        "import sys, numpy; sys.path.insert(0, sys.argv[1]); import gpt2\n"
+        "def no_memory(*args, **kwargs): raise MemoryError\n"
+        "gpt2.new_kv_cache = no_memory\n"
+        "gpt2.main(['--prompts_file', sys.argv[2], '--models_dir', sys.argv[3]])\n"
+    )
+    env = dict(os.environ, GPT2_BASE_URL="http://127.0.0.1:9/gpt-2/models")
+    result = subprocess.run([sys.executable, "-c", script, REPO_DIR, str(path), str(models_dir)],
+                            capture_output=True, env=env, timeout=60)
+    stderr = result.stderr.decode()
+    assert result.returncode == 1 and stderr.count("\n") == 1 and "--batch_size" in stderr, stderr
