@@ -289,6 +289,7 @@ TABLE_MAGIC = 0xDB4775248B80FB57  # last 8 bytes of every SSTable file
 FOOTER_SIZE = 48  # two block handles padded to 40 bytes, then the magic
 BLOCK_TRAILER_SIZE = 5  # 1 byte compression type + 4 bytes masked crc32c
 DT_FLOAT = 1  # tensorflow.DataType enum value of float32
+REDOWNLOAD = "delete it and run again to download it anew"  # what to do about a damaged model file
 
 
 def _crc32c_table():
@@ -455,7 +456,7 @@ def checkpoint_shapes(hparams):
 def map_checkpoint_tensors(model_dir, hparams):
     """{variable name: read-only float32 view into the memory-mapped data file}, validated."""
     index_path, data_path = os.path.join(model_dir, INDEX_FILE), os.path.join(model_dir, DATA_FILE)
-    hint = "delete it and run again to download it anew"
+    hint = REDOWNLOAD
     try:
         with open(index_path, "rb") as f:
             entries = read_checkpoint_index(f.read())
@@ -493,7 +494,7 @@ def map_read_only(path, hint):
 
 def load_hparams(model_dir):
     path = os.path.join(model_dir, "hparams.json")
-    hint = "delete it and run again to download it anew"
+    hint = REDOWNLOAD
     try:
         with open(path, encoding="utf-8") as f:
             hparams = json.load(f)
