@@ -23,10 +23,10 @@ Either way `decode(encode(text)) == text`.
 
 Which characters count as letters, numbers or whitespace comes from the Unicode tables of the
 installed `regex` package, so tokenizers built on other tables may class recently added characters
-differently. With regex 2026.11.15 (Unicode 18.0), the ~17,500 letters and numbers added after
-Unicode 16.0 are letters and numbers here, while tiktoken 0.14 (its Rust regex knows Unicode 16.0)
-sees unassigned code points, which go with punctuation. The token ids then differ in some
-contexts, e.g. when such a character is followed by "'s" (tests/tokenizer_cases.py lists them).
+differently: a letter that `regex` knows may be an unassigned code point, which goes with
+punctuation, to a tokenizer built on an older Unicode version (tiktoken, today). The token ids then
+differ in some contexts, e.g. when such a character is followed by "'s"; tests/tokenizer_cases.py
+lists those characters, and tests/requirements.txt pins the versions compared.
 """
 import json
 import os
@@ -52,8 +52,8 @@ def get_encoder(model_size: str, models_dir: str) -> "Encoder":
     folder = os.path.join(models_dir, model_size)
     encoder_path = os.path.join(folder, "encoder.json")
     merges_path = os.path.join(folder, "vocab.bpe")
-    encoder = parse_encoder_json(encoder_path, read_text(encoder_path))
-    bpe_merges = parse_vocab_bpe(merges_path, read_text(merges_path))
+    encoder = parse_encoder_json(encoder_path, read_vocabulary_file(encoder_path))
+    bpe_merges = parse_vocab_bpe(merges_path, read_vocabulary_file(merges_path))
     check_consistent(encoder, bpe_merges, folder)
     return Encoder(encoder, bpe_merges)
 
@@ -162,21 +162,28 @@ def bytes_to_unicode() -> dict[int, str]:
 
 
 # ---------------------------------------------------------------- reading the vocabulary files
-# A missing or damaged file is something the user can fix, so it is reported as a GPT2Error with
-# a one-line message saying what to do, never as a traceback.
+# A missing or damaged file is something the user can fix, so it is reported as a VocabularyError
+# with a one-line message saying what to do, never as a traceback.
 
 
-def read_text(path: str) -> str:
+class VocabularyError(Exception):
+    """encoder.json or vocab.bpe is missing or damaged; the message says what to do.
+
+    The tokenizer imports nothing of the project, so utils.py turns this into errors.GPT2Error.
+    """
+
+
+def read_vocabulary_file(path: str) -> str:
     try:
         with open(path, encoding="utf-8") as f:
             return f.read()
     except FileNotFoundError:
-        raise user_error(f"{path} is missing: run again to download it") from None
+        raise VocabularyError(f"{path} is missing: run again to download it") from None
     except UnicodeDecodeError:
         raise corrupt_file(path, "not UTF-8 text") from None
     except OSError as e:
         message = f"cannot read {path} ({e.strerror}): make it a readable file, or delete it and run again"
-        raise user_error(message) from None
+        raise VocabularyError(message) from None
 
 
 def parse_encoder_json(path: str, text: str) -> dict[str, int]:
@@ -203,21 +210,14 @@ def parse_vocab_bpe(path: str, text: str) -> list[tuple[str, str]]:
     return merges
 
 
-def check_consistent(encoder: dict[str, int], bpe_merges: list[tuple[str, str]], folder: str):
+def check_consistent(encoder: dict[str, int], bpe_merges: list[tuple[str, str]], folder: str) -> None:
     """Every byte and every merge result must have an id, or encoding would fail midway."""
     needed = [*bytes_to_unicode().values(), *(first + second for first, second in bpe_merges)]
     if not all(token in encoder for token in needed):
-        raise user_error(
+        raise VocabularyError(
             f"encoder.json and vocab.bpe in {folder} do not match: delete them and run again to re-download"
         )
 
 
-def corrupt_file(path: str, what: str) -> Exception:
-    return user_error(f"{path} is corrupt ({what}): delete it and run again to re-download")
-
-
-def user_error(message: str) -> Exception:
-    # Imported here, not at the top, so that the tokenizer stands alone: utils loads NumPy.
-    from utils import GPT2Error
-
-    return GPT2Error(message)
+def corrupt_file(path: str, what: str) -> VocabularyError:
+    return VocabularyError(f"{path} is corrupt ({what}): delete it and run again to re-download")

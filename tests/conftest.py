@@ -10,6 +10,7 @@ REPO_DIR = os.path.dirname(TESTS_DIR)
 sys.path.insert(0, REPO_DIR)
 sys.path.insert(0, TESTS_DIR)
 
+import download  # noqa: E402
 import reference  # noqa: E402
 import utils  # noqa: E402
 
@@ -37,4 +38,4 @@ def copied_model_dir(tmp_path):
 @pytest.fixture
 def offline(monkeypatch):
     """Point downloads at a closed local port, so a test can never reach the internet."""
-    monkeypatch.setenv(utils.BASE_URL_ENV, "http://127.0.0.1:9/gpt-2/models")
+    monkeypatch.setenv(download.BASE_URL_ENV, "http://127.0.0.1:9/gpt-2/models")

@@ -16,8 +16,8 @@ from conftest import REPO_DIR, load_fixture
 from encoder import get_encoder
 
 # prompts of very different lengths, so that left padding and position ids really matter
-PROMPTS = ["Hi", "The quick brown fox jumps over the lazy dog near the river bank at noon", "A", "Once upon a time there was",
-           "", "1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20", "Ünïcödé ✓ 😀", "x"]
+PROMPTS = ["Hi", "The quick brown fox jumps over the lazy dog near the river bank at noon", "A",
+           "Once upon a time there was", "", "1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20", "Ünïcödé ✓ 😀", "x"]
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +128,8 @@ def test_batch_size_does_not_change_the_output(models_dir, tmp_path):
 def test_output_file_gets_exactly_the_records_stdout_would(models_dir, tmp_path):
     path = write_prompts(tmp_path / "prompts.txt", ["alpha", "beta", "gamma"])
     to_stdout = run_cli("--prompts_file", path, "--n_tokens_to_generate", 5, "--models_dir", models_dir)
-    result = run_cli("--prompts_file", path, "--n_tokens_to_generate", 5, "--models_dir", models_dir, "--output", tmp_path / "out.jsonl")
+    result = run_cli("--prompts_file", path, "--n_tokens_to_generate", 5, "--models_dir", models_dir,
+                     "--output", tmp_path / "out.jsonl")
     assert result.returncode == 0 and result.stdout == b""
     assert (tmp_path / "out.jsonl").read_bytes() == to_stdout.stdout
 
@@ -140,7 +141,8 @@ def test_a_run_killed_midway_continues_without_repeating_or_losing_a_prompt(mode
     complete = run_cli(*args).stdout
     output = tmp_path / "out.jsonl"
     env = dict(os.environ, GPT2_BASE_URL="http://127.0.0.1:9/gpt-2/models")
-    process = subprocess.Popen([sys.executable, os.path.join(REPO_DIR, "gpt2.py"), *map(str, args), "--output", str(output)], env=env)
+    command = [sys.executable, os.path.join(REPO_DIR, "gpt2.py"), *map(str, args), "--output", str(output)]
+    process = subprocess.Popen(command, env=env)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and (not output.exists() or output.read_bytes().count(b"\n") < 10):
         time.sleep(0.005)
@@ -239,10 +241,10 @@ def test_running_out_of_memory_is_a_one_line_error(models_dir, tmp_path):
     """A batch whose key/value cache cannot be allocated: NumPy's MemoryError becomes advice."""
     path = write_prompts(tmp_path / "prompts.txt", ["a"] * 3)
     script = (
-        "import sys, numpy; sys.path.insert(0, sys.argv[1]); import gpt2\n"
+        "import sys, numpy; sys.path.insert(0, sys.argv[1]); import cli, gpt2\n"
         "def no_memory(*args, **kwargs): raise MemoryError\n"
         "gpt2.new_kv_cache = no_memory\n"
-        "gpt2.main(['--prompts_file', sys.argv[2], '--models_dir', sys.argv[3]])\n"
+        "cli.main(['--prompts_file', sys.argv[2], '--models_dir', sys.argv[3]])\n"
     )
     env = dict(os.environ, GPT2_BASE_URL="http://127.0.0.1:9/gpt-2/models")
     result = subprocess.run([sys.executable, "-c", script, REPO_DIR, str(path), str(models_dir)],

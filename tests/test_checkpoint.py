@@ -1,4 +1,4 @@
-"""Reading OpenAI's TensorFlow checkpoint format without TensorFlow (utils.py)."""
+"""Reading OpenAI's TensorFlow checkpoint format without TensorFlow (tf_checkpoint.py, checked by utils.py)."""
 import json
 import os
 
@@ -6,10 +6,12 @@ import numpy as np
 import pytest
 
 import reference
+import tf_checkpoint
 import utils
 from conftest import load_fixture
+from errors import GPT2Error
 
-INDEX, DATA = utils.INDEX_FILE, utils.DATA_FILE
+INDEX, DATA = "model.ckpt.index", "model.ckpt.data-00000-of-00001"
 
 
 def tensorflow_variables(model_dir):
@@ -68,7 +70,7 @@ def test_flipping_any_index_byte_gives_a_clear_error_or_the_same_tensors(copied_
         index_path.write_bytes(bytes(damaged))
         try:
             tensors = read_tensors(copied_model_dir)
-        except utils.GPT2Error as e:
+        except GPT2Error as e:
             assert INDEX in str(e) and "\n" not in str(e)
             outcomes["error"] += 1
             continue
@@ -82,7 +84,7 @@ def test_truncated_index_gives_a_clear_error_naming_the_file(copied_model_dir):
     good = index_path.read_bytes()
     for length in range(len(good)):
         index_path.write_bytes(good[:length])
-        with pytest.raises(utils.GPT2Error, match="model.ckpt.index"):
+        with pytest.raises(GPT2Error, match="model.ckpt.index"):
             read_tensors(copied_model_dir)
 
 
@@ -91,7 +93,7 @@ def test_truncated_data_file_gives_a_clear_error_naming_the_file(copied_model_di
     data_path = copied_model_dir / DATA
     good = data_path.read_bytes()
     data_path.write_bytes(good[:keep] if keep >= 0 else good[:keep])
-    with pytest.raises(utils.GPT2Error, match="model.ckpt.data-00000-of-00001"):
+    with pytest.raises(GPT2Error, match="model.ckpt.data-00000-of-00001"):
         read_tensors(copied_model_dir)
 
 
@@ -113,7 +115,7 @@ def write_hparams(model_dir, **changes):
 )
 def test_hparams_that_do_not_match_the_checkpoint_are_an_error(copied_model_dir, changes, message):
     write_hparams(copied_model_dir, **changes)
-    with pytest.raises(utils.GPT2Error, match=message):
+    with pytest.raises(GPT2Error, match=message):
         read_tensors(copied_model_dir)
 
 
@@ -125,7 +127,7 @@ def test_hparams_that_do_not_match_the_checkpoint_are_an_error(copied_model_dir,
 )
 def test_invalid_hparams_json_gives_a_clear_error_naming_the_file(copied_model_dir, text):
     (copied_model_dir / "hparams.json").write_text(text)
-    with pytest.raises(utils.GPT2Error, match="hparams.json"):
+    with pytest.raises(GPT2Error, match="hparams.json"):
         utils.load_hparams(str(copied_model_dir))
 
 
@@ -133,7 +135,7 @@ def test_invalid_hparams_json_gives_a_clear_error_naming_the_file(copied_model_d
 def test_missing_checkpoint_file_gives_a_clear_error_naming_it(copied_model_dir, name):
     hparams = utils.load_hparams(str(copied_model_dir))
     (copied_model_dir / name).unlink()
-    with pytest.raises(utils.GPT2Error, match=name.replace(".", r"\.")):
+    with pytest.raises(GPT2Error, match=name.replace(".", r"\.")):
         utils.load_hparams(str(copied_model_dir))
         utils.load_params(str(copied_model_dir), hparams)
 
@@ -142,12 +144,11 @@ def test_index_of_a_checkpoint_is_parsed_as_tensorflow_lists_it(fixture_name):
     """dtype, shape and byte extent of each entry agree with TensorFlow's own listing."""
     model_dir = reference.fixture_dir(fixture_name)
     expected = tensorflow_variables(model_dir)
-    with open(os.path.join(model_dir, INDEX), "rb") as f:
-        entries = utils.read_checkpoint_index(f.read())
+    entries = tf_checkpoint.read_index(os.path.join(model_dir, "model.ckpt"))
     extents = []
     for name, array in expected.items():
-        dtype, shape, shard, offset, size = entries[name]
-        assert (dtype, shape, shard, size) == (utils.DT_FLOAT, array.shape, 0, array.nbytes)
+        dtype, shape, shard, offset, size, _ = entries[name]
+        assert (dtype, shape, shard, size) == (tf_checkpoint.DT_FLOAT, array.shape, 0, array.nbytes)
         extents.append((offset, size))
     extents.sort()
     assert all(a[0] + a[1] <= b[0] for a, b in zip(extents, extents[1:])), "tensors overlap"

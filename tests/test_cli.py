@@ -12,6 +12,7 @@ import sys
 import numpy as np
 import pytest
 
+import cli
 import gpt2
 import reference
 from conftest import REPO_DIR, load_fixture
@@ -70,7 +71,7 @@ def test_pico_cli_prints_the_same_continuation(models_dir, encoder):
 @pytest.mark.parametrize("prompt", ["42", "None", "True", "[1, 2]", "{x}", "1e3", "'quoted'", "  two  spaces "])
 def test_prompt_reaches_the_tokenizer_exactly_as_typed(models_dir, encoder, prompt):
     """python-fire would turn these into int, None, bool, list, set...: the CLI must not."""
-    assert gpt2.parse_args([prompt]).prompt == prompt
+    assert cli.parse_args([prompt]).prompt == prompt
     result = run_cli(prompt, "--n_tokens_to_generate", 5, "--models_dir", models_dir)
     assert result.returncode == 0, result.stderr.decode()
     assert result.stdout.decode("utf-8") == expected_greedy_text(encoder, "124M", prompt, 5)
@@ -149,7 +150,8 @@ def test_too_long_prompt_is_a_one_line_error_before_any_work(models_dir):
 
 def test_one_token_more_than_n_ctx_is_a_one_line_error(models_dir, encoder):
     n_prompt = len(encoder.encode(reference.CLI_PROMPT))
-    stderr = one_line_error(run_cli(reference.CLI_PROMPT, "--n_tokens_to_generate", 33 - n_prompt, "--models_dir", models_dir))
+    result = run_cli(reference.CLI_PROMPT, "--n_tokens_to_generate", 33 - n_prompt, "--models_dir", models_dir)
+    stderr = one_line_error(result)
     assert "context of 32 tokens" in stderr
 
 
@@ -179,7 +181,8 @@ def test_missing_model_files_are_a_one_line_error_and_nothing_is_deleted(copied_
 
 
 @pytest.mark.parametrize("name, damage", [("model.ckpt.index", "flip"), ("model.ckpt.data-00000-of-00001", "truncate"),
-                                          ("hparams.json", "truncate"), ("encoder.json", "truncate"), ("vocab.bpe", "flip")])
+                                          ("hparams.json", "truncate"), ("encoder.json", "truncate"),
+                                          ("vocab.bpe", "flip")])
 def test_corrupt_model_file_is_a_one_line_error_naming_it_and_left_as_it_was(copied_model_dir, name, damage):
     path = copied_model_dir / name
     data = bytearray(path.read_bytes())
@@ -243,7 +246,7 @@ class RecordingStream(io.BytesIO):
 def test_streaming_writes_whole_characters_only_and_exactly_the_text(encoder, text):
     tokens = encoder.encode(text)
     out, err = RecordingStream(), io.StringIO()
-    gpt2.stream_continuation(encoder, ((t, None) for t in tokens), encoder.eot_token, 0, out, err)
+    cli.stream_continuation(encoder, ((t, None) for t in tokens), encoder.eot_token, 0, out, err)
     assert out.getvalue() == text.encode("utf-8")
     for piece in out.writes:
         assert "\ufffd" not in piece.decode("utf-8")  # each write is valid UTF-8 on its own
@@ -254,21 +257,21 @@ def test_a_split_character_is_written_once_complete(encoder):
     tokens = encoder.encode("😀")
     assert len(tokens) > 1, "the emoji must span several tokens for this test"
     out = RecordingStream()
-    gpt2.stream_continuation(encoder, ((t, None) for t in tokens), None, 0, out, io.StringIO())
+    cli.stream_continuation(encoder, ((t, None) for t in tokens), None, 0, out, io.StringIO())
     assert [piece for piece in out.writes if piece] == ["😀".encode("utf-8")]
 
 
 def test_streaming_stops_at_endoftext_without_printing_it(encoder):
     tokens = encoder.encode("Hello") + [encoder.eot_token] + encoder.encode(" more")
     out = RecordingStream()
-    gpt2.stream_continuation(encoder, ((t, None) for t in tokens), encoder.eot_token, 0, out, io.StringIO())
+    cli.stream_continuation(encoder, ((t, None) for t in tokens), encoder.eot_token, 0, out, io.StringIO())
     assert out.getvalue() == b"Hello"
 
 
 def test_ignore_eos_streams_past_endoftext(encoder):
     tokens = encoder.encode("Hello") + [encoder.eot_token] + encoder.encode(" more")
     out = RecordingStream()
-    gpt2.stream_continuation(encoder, ((t, None) for t in tokens), None, 0, out, io.StringIO())
+    cli.stream_continuation(encoder, ((t, None) for t in tokens), None, 0, out, io.StringIO())
     assert out.getvalue() == b"Hello<|endoftext|> more"
 
 
@@ -278,9 +281,9 @@ def test_show_probs_on_one_terminal_prints_the_rows_then_the_text(models_dir):
 
     primary, secondary = pty.openpty()
     env = dict(os.environ, GPT2_BASE_URL="http://127.0.0.1:9/gpt-2/models")
-    process = subprocess.Popen([sys.executable, os.path.join(REPO_DIR, "gpt2.py"), "Hello", "--n_tokens_to_generate", "3",
-                                "--models_dir", str(models_dir), "--show_probs", "2"],
-                               stdout=secondary, stderr=secondary, env=env, close_fds=True)
+    command = [sys.executable, os.path.join(REPO_DIR, "gpt2.py"), "Hello", "--n_tokens_to_generate", "3",
+               "--models_dir", str(models_dir), "--show_probs", "2"]
+    process = subprocess.Popen(command, stdout=secondary, stderr=secondary, env=env, close_fds=True)
     os.close(secondary)
     screen = b""
     while True:
@@ -302,11 +305,12 @@ def test_show_probs_on_one_terminal_prints_the_rows_then_the_text(models_dir):
 @pytest.mark.parametrize("threads", [1, 2])
 def test_threads_option_sets_the_blas_thread_count(models_dir, threads):
     script = (
-        "import sys; sys.path.insert(0, sys.argv[1]); import gpt2; from threadpoolctl import threadpool_info; "
-        f"gpt2.main(['Hi', '--n_tokens_to_generate', '2', '--models_dir', sys.argv[2], '--threads', '{threads}']); "
+        "import sys; sys.path.insert(0, sys.argv[1]); import cli; from threadpoolctl import threadpool_info; "
+        f"cli.main(['Hi', '--n_tokens_to_generate', '2', '--models_dir', sys.argv[2], '--threads', '{threads}']); "
         "print(sorted({p['num_threads'] for p in threadpool_info() if p['user_api'] == 'blas'}), file=sys.stderr)"
     )
     env = dict(os.environ, GPT2_BASE_URL="http://127.0.0.1:9/gpt-2/models")
-    result = subprocess.run([sys.executable, "-c", script, REPO_DIR, str(models_dir)], capture_output=True, env=env, timeout=60)
+    result = subprocess.run([sys.executable, "-c", script, REPO_DIR, str(models_dir)],
+                            capture_output=True, env=env, timeout=60)
     assert result.returncode == 0, result.stderr.decode()
     assert result.stderr.decode().strip().splitlines()[-1] == f"[{threads}]"

@@ -1,4 +1,4 @@
-"""Downloading a model size (utils.download_model_files) from a real HTTP server on 127.0.0.1.
+"""Downloading a model size (download.download_model_files) from a real HTTP server on 127.0.0.1.
 
 The server (http_fixture_server.py) serves a few hundred KB of deterministic random bytes under
 each of the 7 file names, and can be told to drop connections, cut bodies short, answer 404,
@@ -13,7 +13,8 @@ import socket
 import pytest
 from tqdm import tqdm
 
-import utils
+import download
+from errors import GPT2Error
 from http_fixture_server import FixtureServer
 
 SIZE = "124M"
@@ -25,7 +26,7 @@ def served_dir(tmp_path_factory):
     """<root>/124M/<file> for the 7 files: 150 KB to 390 KB each, the same bytes on every run."""
     root = tmp_path_factory.mktemp("served")
     (root / SIZE).mkdir()
-    for i, name in enumerate(utils.MODEL_FILES):
+    for i, name in enumerate(download.MODEL_FILES):
         (root / SIZE / name).write_bytes(random.Random(i).randbytes(150_000 + 40_000 * i))
     return root
 
@@ -44,7 +45,7 @@ def models_dir(tmp_path):
 @pytest.fixture(autouse=True)
 def no_base_url_env(monkeypatch):
     """Tests pass base_url explicitly; a GPT2_BASE_URL set in the shell must not interfere."""
-    monkeypatch.delenv(utils.BASE_URL_ENV, raising=False)
+    monkeypatch.delenv(download.BASE_URL_ENV, raising=False)
 
 
 def served(server, name):
@@ -55,14 +56,14 @@ def url_path(name):
     return f"/{SIZE}/{name}"
 
 
-def download(base_url, models_dir, model_size=SIZE):
-    return utils.download_model_files(model_size, str(models_dir), base_url)
+def fetch_model(base_url, models_dir, model_size=SIZE):
+    return download.download_model_files(model_size, str(models_dir), base_url)
 
 
 def failed_download(base_url, models_dir, model_size=SIZE):
     """Run a download that must fail; return its GPT2Error message, checked to be one line."""
-    with pytest.raises(utils.GPT2Error) as excinfo:
-        download(base_url, models_dir, model_size)
+    with pytest.raises(GPT2Error) as excinfo:
+        fetch_model(base_url, models_dir, model_size)
     message = str(excinfo.value)
     assert message and "\n" not in message
     return message
@@ -76,10 +77,10 @@ def closed_port():
 
 
 def test_downloads_all_seven_files_byte_identical(server, models_dir):
-    model_dir = download(server.url, models_dir)
+    model_dir = fetch_model(server.url, models_dir)
     assert model_dir == str(models_dir / SIZE)
-    assert sorted(os.listdir(model_dir)) == sorted(utils.MODEL_FILES)  # no .part left behind
-    for name in utils.MODEL_FILES:
+    assert sorted(os.listdir(model_dir)) == sorted(download.MODEL_FILES)  # no .part left behind
+    for name in download.MODEL_FILES:
         assert (models_dir / SIZE / name).read_bytes() == served(server, name)
 
 
@@ -91,7 +92,7 @@ def test_resumes_after_connection_drop_mid_file(server, models_dir):
     kept = part.stat().st_size
     assert not (models_dir / SIZE / DATA).exists()
 
-    download(server.url, models_dir)
+    fetch_model(server.url, models_dir)
     assert (models_dir / SIZE / DATA).read_bytes() == served(server, DATA)
     first, second = server.gets(path)
     assert kept == first.sent == 100_000  # every byte that arrived before the drop was kept
@@ -107,7 +108,7 @@ def test_truncated_body_fails_keeps_part_and_next_run_completes(server, models_d
     assert not (models_dir / SIZE / DATA).exists()
     assert (models_dir / SIZE / (DATA + ".part")).stat().st_size == 50_000
 
-    download(server.url, models_dir)
+    fetch_model(server.url, models_dir)
     assert (models_dir / SIZE / DATA).read_bytes() == served(server, DATA)
     assert server.gets(path)[1].range == "bytes=50000-"
 
@@ -136,14 +137,14 @@ def test_corrupt_part_is_caught_by_whole_file_md5_on_resume(server, models_dir):
     methods = [(r.method, r.range) for r in server.requests if r.path == url_path(DATA)]
     assert methods == [("HEAD", None), ("GET", "bytes=1000-")]  # HEAD gives the whole file's MD5
 
-    download(server.url, models_dir)
+    fetch_model(server.url, models_dir)
     assert (models_dir / SIZE / DATA).read_bytes() == served(server, DATA)
 
 
 def test_complete_directory_makes_no_requests(server, models_dir):
-    download(server.url, models_dir)
+    fetch_model(server.url, models_dir)
     server.requests.clear()
-    assert download(server.url, models_dir) == str(models_dir / SIZE)
+    assert fetch_model(server.url, models_dir) == str(models_dir / SIZE)
     assert server.requests == []
 
 
@@ -162,7 +163,7 @@ def test_complete_file_untouched_when_another_file_fails(server, models_dir):
 @pytest.mark.parametrize("model_size", ["../x", "124m", ""])
 def test_invalid_model_size_fails_before_any_request(server, models_dir, model_size):
     message = failed_download(server.url, models_dir, model_size)
-    assert ", ".join(utils.MODEL_SIZES) in message
+    assert ", ".join(download.MODEL_SIZES) in message
     assert server.requests == []
     assert not models_dir.exists()
 
@@ -206,13 +207,13 @@ class RecordingBar(tqdm):
 @pytest.fixture
 def progress_bars(monkeypatch):
     monkeypatch.setattr(RecordingBar, "bars", [])
-    monkeypatch.setattr("tqdm.tqdm", RecordingBar)  # utils imports it from tqdm when it downloads
+    monkeypatch.setattr("tqdm.tqdm", RecordingBar)  # download.py imports it from tqdm when it downloads
     return RecordingBar.bars
 
 
 def test_progress_bar_counts_bytes_to_the_file_size(server, models_dir, progress_bars, capsys):
-    download(server.url, models_dir)
-    assert [bar.desc for bar in progress_bars] == list(utils.MODEL_FILES)
+    fetch_model(server.url, models_dir)
+    assert [bar.desc for bar in progress_bars] == list(download.MODEL_FILES)
     for bar in progress_bars:
         size = len(served(server, bar.desc))
         assert (bar.unit, bar.total, bar.n) == ("B", size, size)
@@ -225,7 +226,7 @@ def test_progress_bar_of_a_resumed_file_starts_at_the_bytes_on_disk(server, mode
     server.truncate_after[url_path(DATA)] = 50_000
     failed_download(server.url, models_dir)
     progress_bars.clear()
-    download(server.url, models_dir)
+    fetch_model(server.url, models_dir)
     (bar,) = [bar for bar in progress_bars if bar.desc == DATA]
     size = len(served(server, DATA))
     assert (bar.desc, bar.initial, bar.total, bar.n) == (DATA, 50_000, size, size)
@@ -235,13 +236,13 @@ def test_network_failure_names_the_url(models_dir):
     base_url = f"http://127.0.0.1:{closed_port()}"
     message = failed_download(base_url, models_dir)
     assert f"{base_url}/{SIZE}/checkpoint" in message
-    assert utils.BASE_URL_ENV in message
+    assert download.BASE_URL_ENV in message
     assert not (models_dir / SIZE / "checkpoint").exists()
 
 
 def test_base_url_without_scheme_gives_gpt2error(models_dir):
     message = failed_download("example.org/models", models_dir)
-    assert "example.org/models/124M/checkpoint" in message and utils.BASE_URL_ENV in message
+    assert "example.org/models/124M/checkpoint" in message and download.BASE_URL_ENV in message
 
 
 def test_server_ignoring_range_restarts_cleanly(server, models_dir):
@@ -249,7 +250,7 @@ def test_server_ignoring_range_restarts_cleanly(server, models_dir):
     content = served(server, DATA)
     (models_dir / SIZE / (DATA + ".part")).write_bytes(content[:1000])
     server.ignore_range = True
-    download(server.url, models_dir)
+    fetch_model(server.url, models_dir)
     assert (models_dir / SIZE / DATA).read_bytes() == content  # not the 1000 bytes twice
     (get,) = server.gets(url_path(DATA))
     assert get.range == "bytes=1000-" and get.sent == len(content)
@@ -260,7 +261,7 @@ def test_part_as_long_as_the_file_or_longer_restarts_from_zero(server, models_di
     (models_dir / SIZE).mkdir(parents=True)
     content = served(server, DATA)
     (models_dir / SIZE / (DATA + ".part")).write_bytes(content + b"x" * extra)
-    download(server.url, models_dir)
+    fetch_model(server.url, models_dir)
     assert (models_dir / SIZE / DATA).read_bytes() == content
     ranged, fresh = server.gets(url_path(DATA))  # 416 Range Not Satisfiable, then from zero
     assert (ranged.range, ranged.sent) == (f"bytes={len(content) + extra}-", 0)
@@ -277,24 +278,24 @@ def test_disk_full_fails_mentioning_disk_space(server, models_dir, monkeypatch):
             return FullDisk(file, mode)
         return open(file, mode, *args, **kwargs)
 
-    monkeypatch.setattr(utils, "open", open_on_a_full_disk, raising=False)
+    monkeypatch.setattr(download, "open", open_on_a_full_disk, raising=False)
     assert "free some disk space" in failed_download(server.url, models_dir)
-    assert not set(os.listdir(models_dir / SIZE)) & set(utils.MODEL_FILES)
+    assert not set(os.listdir(models_dir / SIZE)) & set(download.MODEL_FILES)
 
 
 def test_base_url_argument_wins_over_env_var(server, models_dir, monkeypatch):
-    monkeypatch.setenv(utils.BASE_URL_ENV, f"http://127.0.0.1:{closed_port()}")
-    download(server.url, models_dir)
+    monkeypatch.setenv(download.BASE_URL_ENV, f"http://127.0.0.1:{closed_port()}")
+    fetch_model(server.url, models_dir)
     assert len(server.gets(url_path("checkpoint"))) == 1
 
 
 def test_env_var_is_used_without_base_url_argument(server, models_dir, monkeypatch):
-    monkeypatch.setenv(utils.BASE_URL_ENV, server.url + "/")
-    download(None, models_dir)
+    monkeypatch.setenv(download.BASE_URL_ENV, server.url + "/")
+    fetch_model(None, models_dir)
     assert len(server.gets(url_path("checkpoint"))) == 1
 
 
 def test_default_base_url_is_openais():
-    assert utils.resolve_base_url(None) == utils.DEFAULT_BASE_URL
-    url = utils.model_file_url(utils.resolve_base_url(None), SIZE, "hparams.json")
-    assert url == f"{utils.DEFAULT_BASE_URL}/{SIZE}/hparams.json"
+    assert download.resolve_base_url(None) == download.DEFAULT_BASE_URL
+    url = download.model_file_url(download.resolve_base_url(None), SIZE, "hparams.json")
+    assert url == f"{download.DEFAULT_BASE_URL}/{SIZE}/hparams.json"

@@ -16,9 +16,8 @@ from hypothesis import strategies as st
 
 import encoder
 import tokenizer_cases
-from encoder import Encoder, bytes_to_unicode, get_encoder
+from encoder import Encoder, VocabularyError, bytes_to_unicode, get_encoder
 from tokenizer_cases import END_OF_TEXT, NEWER_UNICODE_LETTERS, NEWER_UNICODE_NUMBERS, SURROGATES, code_points
-from utils import GPT2Error
 
 VOCAB_DIR_ENV = "GPT2_VOCAB_DIR"
 VOCAB_FILES_MD5 = {  # OpenAI's GPT-2 files
@@ -325,8 +324,8 @@ def load(model_dir) -> Encoder:
 
 
 def user_error(model_dir) -> str:
-    """The message of the GPT2Error that loading raises; it must fit on one line."""
-    with pytest.raises(GPT2Error) as raised:
+    """The message of the VocabularyError that loading raises; it must fit on one line."""
+    with pytest.raises(VocabularyError) as raised:
         load(model_dir)
     message = str(raised.value)
     assert "\n" not in message

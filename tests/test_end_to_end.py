@@ -11,13 +11,14 @@ import sys
 import numpy as np
 import pytest
 
+import download
 import reference
-import utils
 from conftest import REPO_DIR
 from encoder import get_encoder
 from http_fixture_server import FixtureServer
 
-DATA = "/124M/" + utils.DATA_FILE
+DATA_FILE = "model.ckpt.data-00000-of-00001"
+DATA = "/124M/" + DATA_FILE
 
 
 @pytest.fixture
@@ -44,10 +45,10 @@ def expected_text():
 
 
 def run_cli(server, models_dir, n_tokens):
-    env = {k: v for k, v in os.environ.items() if k != utils.BASE_URL_ENV}
+    env = {k: v for k, v in os.environ.items() if k != download.BASE_URL_ENV}
     return subprocess.run(
-        [sys.executable, os.path.join(REPO_DIR, "gpt2.py"), reference.CLI_PROMPT, "--n_tokens_to_generate", str(n_tokens),
-         "--models_dir", str(models_dir), "--base_url", server.url],
+        [sys.executable, os.path.join(REPO_DIR, "gpt2.py"), reference.CLI_PROMPT,
+         "--n_tokens_to_generate", str(n_tokens), "--models_dir", str(models_dir), "--base_url", server.url],
         capture_output=True, env=env, timeout=120,
     )
 
@@ -62,8 +63,9 @@ def assert_one_line_error(result, *fragments):
 
 def assert_downloaded(models_dir):
     files = sorted(os.listdir(models_dir / "124M"))
-    assert files == sorted(utils.MODEL_FILES), files  # and no .part left behind
-    _, mismatch, errors = filecmp.cmpfiles(reference.fixture_dir("tiny-a"), models_dir / "124M", utils.MODEL_FILES, shallow=False)
+    assert files == sorted(download.MODEL_FILES), files  # and no .part left behind
+    fixture = reference.fixture_dir("tiny-a")
+    _, mismatch, errors = filecmp.cmpfiles(fixture, models_dir / "124M", download.MODEL_FILES, shallow=False)
     assert not mismatch and not errors
 
 
@@ -88,7 +90,7 @@ def test_a_dropped_connection_fails_clearly_and_the_next_run_resumes(server, mod
     text, n_tokens = expected_text
     server.drop_after[DATA] = 1_000_000
     assert_one_line_error(run_cli(server, models_dir, n_tokens), "run again to resume")
-    assert not (models_dir / "124M" / utils.DATA_FILE).exists()
+    assert not (models_dir / "124M" / DATA_FILE).exists()
     result = run_cli(server, models_dir, n_tokens)
     assert result.returncode == 0 and result.stdout == text
     resumed = [r for r in server.requests if r.path == DATA and r.method == "GET"][-1]
@@ -100,7 +102,7 @@ def test_a_truncated_body_fails_clearly_and_the_next_run_completes(server, model
     text, n_tokens = expected_text
     server.truncate_after[DATA] = 123_456
     assert_one_line_error(run_cli(server, models_dir, n_tokens), "ended after 123456 of", "run again")
-    assert not (models_dir / "124M" / utils.DATA_FILE).exists()
+    assert not (models_dir / "124M" / DATA_FILE).exists()
     assert run_cli(server, models_dir, n_tokens).stdout == text
     assert_downloaded(models_dir)
 

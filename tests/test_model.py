@@ -136,7 +136,8 @@ def test_cached_logits_equal_a_full_forward_pass_at_every_step(fixture_name):
     for token, cached_logits in gpt2.generate_steps(tokens, params, hparams["n_head"], n_new):
         full_logits = gpt2.gpt2(tokens, **params, n_head=hparams["n_head"])[-1]
         assert cached_logits.dtype == np.float32
-        assert np.abs(cached_logits - full_logits).max() <= ATOL, f"step {len(tokens)}: {report(cached_logits, full_logits)}"
+        difference = np.abs(cached_logits - full_logits).max()
+        assert difference <= ATOL, f"step {len(tokens)}: {report(cached_logits, full_logits)}"
         tokens.append(token)
     assert len(tokens) == hparams["n_ctx"]
 

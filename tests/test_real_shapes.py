@@ -1,8 +1,9 @@
 """OpenAI's real 124M shapes with random weights (marker `slow`: python -m pytest -m slow).
 
-The checkpoint is written once by TensorFlow (tests/make_fixtures.py --config 124M) into
+The checkpoint is written once by TensorFlow (references/openai_checkpoint.py --config 124M) into
 $GPT2_BENCH_CACHE/124M (default: bench_cache/124M at the top of the repository), shared with
-bench.py, so that `--models_dir bench_cache` runs it with the CLI. Writing it takes about a minute and 500 MB of disk.
+bench/bench.py, so that `--models_dir bench_cache` runs it with the CLI. Writing it takes about a
+minute and 500 MB of disk.
 """
 import os
 import subprocess
@@ -26,8 +27,8 @@ def model_dir():
     pytest.importorskip("tensorflow", reason="writing the checkpoint needs TensorFlow")
     path = os.path.join(CACHE, "124M")
     if not os.path.isfile(os.path.join(path, "vocab.bpe")):  # written last
-        subprocess.run([sys.executable, os.path.join(REPO_DIR, "tests", "make_fixtures.py"), "--config", "124M",
-                        "--out", path], check=True)
+        script = os.path.join(REPO_DIR, "references", "openai_checkpoint.py")
+        subprocess.run([sys.executable, script, "--config", "124M", "--out", path], check=True)
     return path
 
 
@@ -69,7 +70,8 @@ def test_real_shaped_cache_and_pico_agree_with_the_full_forward_pass(model):
 
 
 def test_cli_generates_40_tokens_with_real_shapes(model_dir):
-    result = subprocess.run([sys.executable, os.path.join(REPO_DIR, "gpt2.py"), reference.CLI_PROMPT,
-                             "--models_dir", os.path.dirname(model_dir), "--ignore_eos"], capture_output=True, timeout=300)
+    command = [sys.executable, os.path.join(REPO_DIR, "gpt2.py"), reference.CLI_PROMPT,
+               "--models_dir", os.path.dirname(model_dir), "--ignore_eos"]
+    result = subprocess.run(command, capture_output=True, timeout=300)
     assert result.returncode == 0, result.stderr.decode()
     assert len(result.stdout) > 0

@@ -10,6 +10,7 @@ import sys
 
 import pytest
 
+import download
 import utils
 from conftest import REPO_DIR
 
@@ -26,7 +27,7 @@ GOLDEN = (
 @pytest.fixture(scope="module")
 def real_124m():
     model_dir = os.path.join(MODELS_DIR, "124M")
-    missing = [name for name in utils.MODEL_FILES if not os.path.isfile(os.path.join(model_dir, name))]
+    missing = [name for name in download.MODEL_FILES if not os.path.isfile(os.path.join(model_dir, name))]
     if missing:
         pytest.skip(f"OpenAI's 124M weights are not in {model_dir} (no {missing[0]}): run "
                     "`python gpt2.py hello` with network access, or set GPT2_MODELS_DIR")
@@ -51,7 +52,8 @@ def test_pico_gives_the_same_greedy_tokens_on_the_real_weights(real_124m):
 
     encoder, hparams, params = utils.load_encoder_hparams_and_params("124M", os.path.dirname(real_124m))
     prompt = encoder.encode(PROMPT)
-    assert gpt2_pico.generate(prompt, params, hparams["n_head"], 8) == gpt2.generate(prompt, params, hparams["n_head"], 8)
+    pico = gpt2_pico.generate(prompt, params, hparams["n_head"], 8)
+    assert pico == gpt2.generate(prompt, params, hparams["n_head"], 8)
 
 
 def test_every_real_tensor_equals_tensorflow_bit_for_bit(real_124m):

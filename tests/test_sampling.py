@@ -32,7 +32,8 @@ def random_logits(seed, n=200):
     return np.random.default_rng(seed).standard_normal(n, dtype=np.float32) * np.float32(2)
 
 
-@pytest.mark.parametrize("temperature, top_k, top_p", [(1.0, 0, 1.0), (0.7, 0, 1.0), (1.3, 10, 1.0), (1.0, 0, 0.9), (0.8, 20, 0.5), (2.0, 5, 0.3)])
+@pytest.mark.parametrize("temperature, top_k, top_p",
+                         [(1.0, 0, 1.0), (0.7, 0, 1.0), (1.3, 10, 1.0), (1.0, 0, 0.9), (0.8, 20, 0.5), (2.0, 5, 0.3)])
 def test_sampling_probs_equal_the_definition(temperature, top_k, top_p):
     """float32 against float64: 1e-6 absolute on probabilities that sum to 1."""
     for seed in range(20):

@@ -104,12 +104,14 @@ def test_score_prints_nll_and_perplexity(models_dir, encoder, tmp_path):
     result = run_cli("--score", text_file, "--models_dir", models_dir)
     assert result.returncode == 0, result.stderr.decode()
     lines = result.stdout.decode().splitlines()
-    assert lines[0] == f"tokens scored: {len(encoder.encode(reference.SCORE_TEXT)) - 1} (the first token has no context)"
+    n_scored = len(encoder.encode(reference.SCORE_TEXT)) - 1
+    assert lines[0] == f"tokens scored: {n_scored} (the first token has no context)"
     nll = stored("tiny-a/score_nll_stride16")  # the default stride is n_ctx // 2 = 16
     assert lines[1].startswith("average negative log-likelihood: ") and lines[1].endswith(" nats/token")
     assert float(lines[1].split()[-2]) == pytest.approx(nll, rel=RTOL)
     assert lines[2].startswith("perplexity: ")
-    assert float(lines[2].split()[-1]) == pytest.approx(math.exp(nll), rel=RTOL * nll)  # exp turns an absolute error into a relative one
+    # exp turns an absolute error into a relative one
+    assert float(lines[2].split()[-1]) == pytest.approx(math.exp(nll), rel=RTOL * nll)
 
 
 def test_score_json_lists_every_tokens_log_probability(models_dir, encoder, tmp_path):

@@ -1,13 +1,14 @@
 """Benchmark gpt2.py against HuggingFace transformers, the uncached gpt2_pico.py and the matrix-only bound.
 
-    python bench.py                  # GPT-2 124M shapes, 2 threads: about 5 minutes on a quiet machine
-    python bench.py --quick          # smoke run: one round, few tokens (rough figures)
-    python bench.py --model 355M --threads 2 --json bench_results.json
+    python bench/bench.py                  # GPT-2 124M shapes, 2 threads: several minutes on a quiet machine
+    python bench/bench.py --quick          # smoke run: one round, few tokens (rough figures)
+    python bench/bench.py --model 355M --threads 2 --json bench_results.json
 
 The weights are random but have the real shapes (speed does not depend on their values). They are
-written once, in OpenAI's release format, by tests/make_fixtures.py (TensorFlow) to
+written once, in OpenAI's release format, by references/openai_checkpoint.py (TensorFlow) to
 bench_cache/<size>/, so `python gpt2.py ... --models_dir bench_cache --model_size 124M` runs on them;
 a float32 copy for transformers is saved once to bench_cache/transformers-<size>/ (safetensors).
+How each figure is measured (threads, rounds, disturbed measurements) is bench/harness.py's job.
 
 Every engine runs with the same number of threads: OMP/OPENBLAS/MKL_NUM_THREADS for subprocesses,
 threadpoolctl for NumPy in this process, torch.set_num_threads for torch. Measurements are made in
@@ -27,149 +28,99 @@ What the numbers mean:
   for the head), as tokens/s = 1 / time. Reading every weight once is the floor of a decode step.
 - whole CLI: wall time of `python gpt2.py PROMPT --n_tokens_to_generate 40 ...` (10-token prompt)
   from start to exit, its CPU time and its peak resident memory (ru_maxrss from os.wait4), after one
-  untimed run so that the weights are in the page cache. transformers: the same for a small script
-  that imports torch and transformers, loads the safetensors copy and the tokenizer with
-  from_pretrained and generates 40 tokens greedily. pico: `python gpt2_pico.py PROMPT 40 124M DIR`.
+  untimed run so that the weights are in the page cache. transformers: the same for
+  bench/transformers_generate.py. pico: `python gpt2_pico.py PROMPT 40 124M DIR`.
 - batch of B: new tokens per second of gpt2.generate_completions (what --prompts_file runs) for B
   different 10-token prompts at once, 40 new tokens each, the pass over the prompts included.
-- start-up: in a fresh process, the time to `import gpt2, utils` and call
+- start-up: in a fresh process (bench/startup.py), the time to `import gpt2, utils` and call
   utils.load_encoder_hparams_and_params (warm page cache).
-
-On a machine shared with other work, a busy neighbour does not just take its share: with as many
-BLAS threads as cores, threads that wait for each other at every product can make a step ten times
-slower. So each round first waits (up to --max_wait s) for the CPUs to go quiet, and each
-measurement is taken again (up to 3 times, keeping the least disturbed) when other processes used
-over 10% of the machine's CPU time meanwhile (from /proc/stat minus our own CPU time). That share is
-stored next to every sample in the JSON.
 """
 import argparse
 import json
 import os
 import platform
-import resource
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
-from threadpoolctl import threadpool_limits
 
-REPO_DIR = os.path.dirname(os.path.abspath(__file__))
-TESTS_DIR = os.path.join(REPO_DIR, "tests")
+from harness import (
+    BENCH_DIR,
+    REPO_DIR,
+    TRIES,
+    Samples,
+    limit_threads,
+    run_measured,
+    seconds,
+    undisturbed,
+    wait_for_quiet,
+)
+
 sys.path.insert(0, REPO_DIR)
 
 import gpt2  # noqa: E402
 import gpt2_pico  # noqa: E402
+import tf_checkpoint  # noqa: E402
 import utils  # noqa: E402
+from download import MODEL_FILES  # noqa: E402
+from references import transformers_model  # noqa: E402
 
-sys.path.insert(0, TESTS_DIR)
-import reference  # noqa: E402  (the tests' transformers model built from a checkpoint, and its greedy loop)
-from reference import hf_greedy as transformers_generate  # noqa: E402  (transformers' own loop, KV cache on)
+if TYPE_CHECKING:
+    import transformers
 
 PROMPT = "Alan Turing theorized that computers would one day become"  # 10 tokens
 LONG_PROMPT_TOKENS = 500
 CLI_NEW_TOKENS = 40
-THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 FULL = dict(rounds=5, short_new=100, long_new=200, pico_new=20, matrix_passes=20, max_wait=30, batch_new=40)
 QUICK = dict(rounds=1, short_new=10, long_new=10, pico_new=3, matrix_passes=5, max_wait=5, batch_new=5)
 BATCH_SIZES = (1, 4, 8)  # --prompts_file throughput: prompts generated together
-TRIES = 3  # attempts at a measurement disturbed by other processes
-DISTURBED = 0.10  # share of the machine's CPU time used by others above which we measure again
-
-# The standalone transformers run measured as a whole process (argv: hf_dir prompt n_new threads).
-TRANSFORMERS_SCRIPT = """\
-import sys
-
-import torch
-from transformers import AutoTokenizer, GPT2LMHeadModel
-
-hf_dir, prompt, n_new, threads = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-torch.set_num_threads(threads)
-tokenizer = AutoTokenizer.from_pretrained(hf_dir)
-model = GPT2LMHeadModel.from_pretrained(hf_dir, dtype=torch.float32).eval()
-inputs = tokenizer(prompt, return_tensors="pt")
-with torch.no_grad():
-    out = model.generate(**inputs, do_sample=False, max_new_tokens=n_new, min_new_tokens=n_new,
-                         use_cache=True, pad_token_id=tokenizer.eos_token_id)
-print(tokenizer.decode(out[0, inputs["input_ids"].shape[1]:]))
-"""
-
-# Runs argv[2:] and writes "wall_seconds peak_rss_kib cpu_seconds exit_status" to the file argv[1].
-LAUNCHER_SCRIPT = """\
-import os, subprocess, sys, time
-start = time.perf_counter()
-child = subprocess.Popen(sys.argv[2:])
-_, status, usage = os.wait4(child.pid, 0)  # the child's own resource usage, peak RSS included
-wall = time.perf_counter() - start
-with open(sys.argv[1], "w") as f:
-    f.write(f"{wall} {usage.ru_maxrss} {usage.ru_utime + usage.ru_stime} {os.waitstatus_to_exitcode(status)}")
-"""
-
-# The start-up measurement, run in a fresh process (argv: model_size models_dir).
-STARTUP_SCRIPT = """\
-import sys, time
-start = time.perf_counter()
-import gpt2, utils
-utils.load_encoder_hparams_and_params(sys.argv[1], sys.argv[2])
-print(time.perf_counter() - start)
-"""
 
 
-def parse_args(argv=None):
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", choices=("124M", "355M"), default="124M", help="which shapes to benchmark")
     parser.add_argument("--threads", type=int, default=2, help="threads for every engine")
     parser.add_argument("--json", default="bench_results.json", help="where to write all figures")
     parser.add_argument("--quick", action="store_true", help="smoke run: one round, few tokens")
     parser.add_argument("--rounds", type=int, default=None, help="override the number of rounds (full: 5)")
-    parser.add_argument("--max_wait", type=float, default=None, help="seconds to wait for quiet CPUs before a round (full: 30)")
+    parser.add_argument("--max_wait", type=float, default=None,
+                        help="seconds to wait for quiet CPUs before a round (full: 30)")
     parser.add_argument("--cache_dir", default=os.path.join(REPO_DIR, "bench_cache"), help="where the weights are kept")
     return parser.parse_args(argv)
-
-
-# ---------------------------------------------------------------- threads
-
-
-def limit_threads(threads):
-    """The same thread count for this process (NumPy, torch) and, through the environment, its children."""
-    for name in THREAD_VARIABLES:
-        os.environ[name] = str(threads)
-    limits = threadpool_limits(threads)  # OpenBLAS under NumPy, and any OpenMP runtime already loaded
-    import torch  # imported after the variables are set, so that its OpenMP runtime reads them too
-
-    torch.set_num_threads(threads)
-    return limits
 
 
 # ---------------------------------------------------------------- the weights, made once
 
 
-def ensure_checkpoint(cache_dir, size):
+def ensure_checkpoint(cache_dir: str, size: str) -> str:
     """<cache_dir>/<size>/: the 7 files of an OpenAI release with random weights; written once."""
     model_dir = os.path.join(cache_dir, size)
-    if all(os.path.isfile(os.path.join(model_dir, name)) for name in utils.MODEL_FILES):
+    if all(os.path.isfile(os.path.join(model_dir, name)) for name in MODEL_FILES):
         return model_dir
     print(f"writing a {size}-shaped checkpoint to {model_dir} (once) ...", flush=True)
     os.makedirs(cache_dir, exist_ok=True)
     partial = tempfile.mkdtemp(prefix=f".{size}-", dir=cache_dir)
-    command = [sys.executable, os.path.join(TESTS_DIR, "make_fixtures.py"), "--config", size, "--out", partial]
+    script = os.path.join(REPO_DIR, "references", "openai_checkpoint.py")
+    command = [sys.executable, script, "--config", size, "--out", partial]
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO_DIR)
     shutil.rmtree(model_dir, ignore_errors=True)  # an incomplete earlier attempt
     os.replace(partial, model_dir)  # the final name only ever names a complete checkpoint
     return model_dir
 
 
-def ensure_transformers_copy(cache_dir, size, model_dir):
+def ensure_transformers_copy(cache_dir: str, size: str, model_dir: str) -> str:
     """<cache_dir>/transformers-<size>/: the same weights as a float32 safetensors model, and a tokenizer."""
     hf_dir = os.path.join(cache_dir, f"transformers-{size}")
     if os.path.isfile(os.path.join(hf_dir, "config.json")):
         return hf_dir
     print(f"saving the weights for transformers to {hf_dir} (once) ...", flush=True)
     hparams = utils.load_hparams(model_dir)
-    model = reference.hf_model(hparams, utils.map_checkpoint_tensors(model_dir, hparams)).float()
+    model = transformers_model.hf_model(hparams, utils.map_checkpoint_tensors(model_dir, hparams)).float()
     partial = tempfile.mkdtemp(prefix=f".transformers-{size}-", dir=cache_dir)
     model.save_pretrained(partial)
     gpt2_tokenizer(model_dir).save_pretrained(partial)
@@ -178,7 +129,7 @@ def ensure_transformers_copy(cache_dir, size, model_dir):
     return hf_dir
 
 
-def gpt2_tokenizer(model_dir):
+def gpt2_tokenizer(model_dir: str) -> "transformers.GPT2Tokenizer":
     """transformers' GPT2Tokenizer built from the release's encoder.json and vocab.bpe."""
     from transformers import GPT2Tokenizer
 
@@ -189,93 +140,14 @@ def gpt2_tokenizer(model_dir):
     return GPT2Tokenizer(vocab=vocab, merges=merges)
 
 
-# ---------------------------------------------------------------- a machine shared with others
-
-
-def machine_cpu_seconds():
-    """(busy, total) CPU seconds of the whole machine since boot, all CPUs together (/proc/stat)."""
-    with open("/proc/stat") as f:
-        user, nice, system, idle, iowait, irq, softirq, steal = (int(v) for v in f.readline().split()[1:9])
-    total = user + nice + system + idle + iowait + irq + softirq + steal
-    ticks = os.sysconf("SC_CLK_TCK")
-    return (total - idle - iowait) / ticks, total / ticks
-
-
-def our_cpu_seconds():
-    """CPU seconds used by this process (all its threads) and by its children that have exited."""
-    children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return time.process_time() + children.ru_utime + children.ru_stime
-
-
-def others_share_during(measure):
-    """Run measure(); return its result and the share of the machine's CPU time others used meanwhile."""
-    busy_before, total_before = machine_cpu_seconds()
-    ours_before = our_cpu_seconds()
-    result = measure()
-    busy_after, total_after = machine_cpu_seconds()
-    others = (busy_after - busy_before) - (our_cpu_seconds() - ours_before)
-    return result, max(others, 0.0) / max(total_after - total_before, 1e-9)
-
-
-def undisturbed(measure):
-    """measure()'s result, taken again if other processes were busy meanwhile: (result, others' share).
-
-    Keeps the least disturbed of at most TRIES attempts. (For measurements under ~0.2 s the share is
-    coarse: /proc/stat counts in 10 ms ticks.)
-    """
-    best = None
-    for _ in range(TRIES):
-        result, share = others_share_during(measure)
-        if best is None or share < best[1]:
-            best = (result, share)
-        if share <= DISTURBED:
-            break
-    return best
-
-
-def wait_for_quiet(max_wait, threshold=0.15):
-    """Wait up to max_wait s until other processes leave the CPUs idle; return the last busy share seen."""
-    time.sleep(0.3)  # let our own BLAS/OpenMP threads stop spinning first
-    start = time.perf_counter()
-    while True:
-        busy_before, total_before = machine_cpu_seconds()
-        time.sleep(0.5)
-        busy_after, total_after = machine_cpu_seconds()
-        busy = (busy_after - busy_before) / max(total_after - total_before, 1e-9)
-        if busy <= threshold or time.perf_counter() - start >= max_wait:
-            return busy
-        print(f"    other processes use {busy:.0%} of the CPUs: waiting", flush=True)
-        time.sleep(2)
-
-
-class Samples(dict):
-    """{figure name: [one value per round]}, and for each "<name>_others_share": the share other
-    processes took of the machine's CPU time while that value was measured."""
-
-    def add(self, name, value):
-        self.setdefault(name, []).append(value)
-
-    def measure(self, name, measure):
-        """Add measure()'s result (a number), taken undisturbed if possible, and others' share meanwhile."""
-        result, share = undisturbed(measure)
-        self.add(name, result)
-        self.add(name + "_others_share", share)
-
-
 # ---------------------------------------------------------------- in-process measurements
 
 
-def seconds(function, *args):
-    start = time.perf_counter()
-    function(*args)
-    return time.perf_counter() - start
-
-
-def ours_prefill(params, n_head, prompt):
+def ours_prefill(params: dict, n_head: int, prompt: list[int]) -> None:
     next(gpt2.generate_steps(prompt, params, n_head, 1))  # the first token's logits
 
 
-def ours_decode(params, n_head, prompt, n_steps):
+def ours_decode(params: dict, n_head: int, prompt: list[int], n_steps: int) -> tuple[float, list[int]]:
     """Seconds for n_steps new tokens after the prompt, prefill excluded; and all the greedy tokens."""
     steps = gpt2.generate_steps(prompt, params, n_head, n_steps + 1)
     tokens = [next(steps)[0]]  # prefill and the first token: not timed
@@ -284,7 +156,7 @@ def ours_decode(params, n_head, prompt, n_steps):
     return time.perf_counter() - start, tokens
 
 
-def load_transformers_model(hf_dir):
+def load_transformers_model(hf_dir: str) -> "transformers.GPT2LMHeadModel":
     import torch
     import transformers
 
@@ -293,19 +165,19 @@ def load_transformers_model(hf_dir):
     return transformers.GPT2LMHeadModel.from_pretrained(hf_dir, dtype=torch.float32).eval()
 
 
-def transformers_prefill(model, prompt):
+def transformers_prefill(model: "transformers.GPT2LMHeadModel", prompt: list[int]) -> None:
     import torch
 
     with torch.no_grad():
         model(torch.tensor([prompt]), use_cache=True, logits_to_keep=1)
 
 
-def generation_steps_seconds(generate, n_steps):
+def generation_steps_seconds(generate: Callable[[int], object], n_steps: int) -> float:
     """Seconds for n_steps tokens after the first: generate(n_steps + 1) minus generate(1)."""
     return seconds(generate, n_steps + 1) - seconds(generate, 1)
 
 
-def matrix_only_step(params):
+def matrix_only_step(params: dict) -> Callable[[], None]:
     """A function doing just the weight matrix-vector products of one decode step, as gpt2.py has them."""
     rng = np.random.default_rng(0)
     n_embd = params["wpe"].shape[1]
@@ -313,7 +185,7 @@ def matrix_only_step(params):
     h = rng.standard_normal((1, 4 * n_embd), dtype=np.float32)
     wte = params["wte"]
 
-    def step():
+    def step() -> None:
         for block in params["blocks"]:
             x @ block["attn"]["c_attn"]["w"]
             x @ block["attn"]["c_proj"]["w"]
@@ -324,23 +196,25 @@ def matrix_only_step(params):
     return step
 
 
-def common_prefix(a, b):
+def common_prefix(a: list[int], b: list[int]) -> int:
     n = 0
     while n < min(len(a), len(b)) and a[n] == b[n]:
         n += 1
     return n
 
 
-def warm_up(params, n_head, model, prompt):
+def warm_up(params: dict, n_head: int, model: "transformers.GPT2LMHeadModel", prompt: list[int]) -> dict:
     """Untimed: touch every page of the weights, let torch set itself up, and check that both
     implementations run the same model (the same greedy tokens)."""
     _, ours = ours_decode(params, n_head, prompt, 20)
-    theirs = transformers_generate(model, prompt, 21)
+    theirs = transformers_model.hf_greedy(model, prompt, 21)
     gpt2_pico.generate(prompt, params, n_head, 2)
     return {"greedy_tokens_compared": len(ours), "greedy_tokens_agreeing": common_prefix(ours, theirs)}
 
 
-def measure_in_process(samples, params, n_head, model, prompts, counts):
+def measure_in_process(
+    samples: Samples, params: dict, n_head: int, model: "transformers.GPT2LMHeadModel", prompts: dict, counts: dict
+) -> None:
     """Rounds alternating ours / transformers / pico, each figure in seconds, added to samples."""
     matrix_step = matrix_only_step(params)
     for round_ in range(counts["rounds"]):
@@ -351,7 +225,7 @@ def measure_in_process(samples, params, n_head, model, prompts, counts):
             samples.measure(f"transformers_prefill_{label}", lambda: seconds(transformers_prefill, model, prompt))
         for label, prompt in prompts.items():
             n_new = counts[f"{label}_new"]
-            generate = lambda n: transformers_generate(model, prompt, n)
+            generate = lambda n: transformers_model.hf_greedy(model, prompt, n)
             samples.measure(f"ours_decode_{label}", lambda: ours_decode(params, n_head, prompt, n_new)[0])
             samples.measure(f"transformers_decode_{label}", lambda: generation_steps_seconds(generate, n_new))
         pico = lambda n: gpt2_pico.generate(prompts["short"], params, n_head, n)
@@ -360,10 +234,11 @@ def measure_in_process(samples, params, n_head, model, prompts, counts):
         samples.measure("matrix_only_step", passes)
         for size in BATCH_SIZES:
             batch = batch_prompts(prompts["short"], size)
-            samples.measure(f"ours_batch{size}", lambda: seconds(gpt2.generate_completions, batch, params, n_head, counts["batch_new"]))
+            run_batch = lambda: seconds(gpt2.generate_completions, batch, params, n_head, counts["batch_new"])
+            samples.measure(f"ours_batch{size}", run_batch)
 
 
-def batch_prompts(prompt, size):
+def batch_prompts(prompt: list[int], size: int) -> list[list[int]]:
     """size different 10-token prompts (the short prompt with its first token changed)."""
     return [[1000 + i] + prompt[1:] for i in range(size)]
 
@@ -371,35 +246,17 @@ def batch_prompts(prompt, size):
 # ---------------------------------------------------------------- whole-process measurements
 
 
-def run_measured(command):
-    """Run a command to completion: (wall seconds, peak RSS bytes, CPU seconds, stdout). Fails loudly.
-
-    The command runs under a small launcher process: a child's ru_maxrss starts from the peak of the
-    process it was forked from, so forking it straight from this large process would report our size.
-    """
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, tempfile.NamedTemporaryFile("r") as result:
-        launcher = [sys.executable, "-c", LAUNCHER_SCRIPT, result.name]
-        subprocess.run(launcher + command, stdout=out, stderr=err, cwd=REPO_DIR, check=True)
-        wall, maxrss_kib, cpu, status = (float(field) for field in result.read().split())
-        if status:
-            err.seek(0)
-            message = err.read().decode("utf-8", "replace")[-2000:]
-            raise SystemExit(f"bench.py: {' '.join(command[:3])} ... exited with {status:.0f}:\n{message}")
-        out.seek(0)
-        return wall, maxrss_kib * 1024, cpu, out.read()  # Linux reports ru_maxrss in KiB
-
-
-def cli_commands(size, cache_dir, hf_dir, threads, script_path):
+def cli_commands(size: str, cache_dir: str, hf_dir: str, threads: int) -> dict[str, list[str]]:
     python, n = sys.executable, str(CLI_NEW_TOKENS)
     return {
         "ours": [python, "gpt2.py", PROMPT, "--n_tokens_to_generate", n, "--models_dir", cache_dir,
                  "--model_size", size, "--ignore_eos"],  # exactly 40 tokens, like the others
-        "transformers": [python, script_path, hf_dir, PROMPT, n, str(threads)],
+        "transformers": [python, os.path.join(BENCH_DIR, "transformers_generate.py"), hf_dir, PROMPT, n, str(threads)],
         "pico": [python, "gpt2_pico.py", PROMPT, n, size, cache_dir],
     }
 
 
-def measure_processes(samples, commands, counts):
+def measure_processes(samples: Samples, commands: dict[str, list[str]], counts: dict) -> None:
     """Each command once untimed (warm page cache), then rounds alternating the commands."""
     for command in commands.values():
         run_measured(command)
@@ -414,8 +271,8 @@ def measure_processes(samples, commands, counts):
             samples.add(f"{name}_cli_others_share", share)
 
 
-def measure_startup(samples, size, cache_dir, rounds):
-    command = [sys.executable, "-c", STARTUP_SCRIPT, size, cache_dir]
+def measure_startup(samples: Samples, size: str, cache_dir: str, rounds: int) -> None:
+    command = [sys.executable, os.path.join(BENCH_DIR, "startup.py"), size, cache_dir]
     run_measured(command)  # warm the page cache
     for _ in range(max(rounds, 3)):
         samples.measure("startup_seconds", lambda: float(run_measured(command)[3]))
@@ -424,7 +281,7 @@ def measure_startup(samples, size, cache_dir, rounds):
 # ---------------------------------------------------------------- figures, targets, report
 
 
-def compute_figures(samples, counts, weights_bytes):
+def compute_figures(samples: Samples, counts: dict, weights_bytes: int) -> dict[str, float]:
     m = {name: statistics.median(values) for name, values in samples.items()}
     figures = {
         "weights_file_bytes": weights_bytes,
@@ -444,33 +301,28 @@ def compute_figures(samples, counts, weights_bytes):
     return figures
 
 
-def target(name, value, relation, threshold):
+def target(name: str, value: float, relation: str, threshold: float) -> dict:
     passed = value >= threshold if relation == ">=" else value <= threshold
     return {"target": name, "value": value, "relation": relation, "threshold": threshold, "pass": bool(passed)}
 
 
-def check_targets(f):
+def check_targets(f: dict[str, float]) -> list[dict]:
     decode_short = f["ours_decode_short_tokens_per_s"]
+    bound, theirs = f["matrix_only_bound_tokens_per_s"], f["transformers_decode_short_tokens_per_s"]
     prefill_ratio = f["transformers_prefill_long_seconds"] / f["ours_prefill_long_seconds"]
     return [
-        target("decode after 10 tokens / matrix-only bound", decode_short / f["matrix_only_bound_tokens_per_s"], ">=", 0.85),
-        target("decode after 10 tokens / transformers'", decode_short / f["transformers_decode_short_tokens_per_s"], ">=", 2.0),
+        target("decode after 10 tokens / matrix-only bound", decode_short / bound, ">=", 0.85),
+        target("decode after 10 tokens / transformers'", decode_short / theirs, ">=", 2.0),
         target("decode after 500 tokens (tokens/s)", f["ours_decode_long_tokens_per_s"], ">=", 45.0),
         target("prefill 500 tokens: transformers' time / ours", prefill_ratio, ">=", 1.0),
-        target("whole CLI: transformers' time / ours", f["transformers_cli_seconds"] / f["ours_cli_seconds"], ">=", 5.0),
+        target("whole CLI: transformers' time / ours", f["transformers_cli_seconds"] / f["ours_cli_seconds"], ">=", 5),
         target("CLI peak RSS / weights file", f["ours_cli_peak_rss_bytes"] / f["weights_file_bytes"], "<=", 1.15),
         target("start-up: import + load (s)", f["startup_seconds"], "<=", 0.5),
     ]
 
 
-def disturbed_share(samples):
-    """The share of measurements during which other processes used over DISTURBED of the CPU time."""
-    shares = [s for name, values in samples.items() if name.endswith("_others_share") for s in values]
-    return sum(s > DISTURBED for s in shares) / len(shares)
-
-
-def format_table(f, targets, info):
-    def row(label, figure, fmt, engines=("ours", "transformers", "pico")):
+def format_table(f: dict[str, float], targets: list[dict], info: dict) -> str:
+    def row(label: str, figure: str, fmt: Callable, engines: tuple = ("ours", "transformers", "pico")) -> str:
         cells = [fmt(f[figure.format(e)]) if figure.format(e) in f else f"{'-':>10}" for e in engines]
         return f"{label:36}" + "".join(cells)
 
@@ -504,7 +356,8 @@ def format_table(f, targets, info):
         f"{'start-up: import + load (s)':36}{f['startup_seconds']:10.3f}",
         *[f"{f'ours, batch of {size} prompts (tokens/s)':36}{rate(f[f'ours_batch{size}_tokens_per_s'])}"
           for size in BATCH_SIZES],
-        f"greedy tokens, ours vs transformers: {info['greedy_tokens_agreeing']} of {info['greedy_tokens_compared']} agree",
+        f"greedy tokens, ours vs transformers: {info['greedy_tokens_agreeing']} of "
+        f"{info['greedy_tokens_compared']} agree",
         "",
         "targets",
     ]
@@ -514,13 +367,16 @@ def format_table(f, targets, info):
     return "\n".join(lines)
 
 
-def run_info(args, counts, model, agreement, samples, load_start):
+def run_info(
+    args: argparse.Namespace, counts: dict, model: "transformers.GPT2LMHeadModel", agreement: dict, samples: Samples,
+    load_start: tuple[float, float, float],
+) -> dict:
     import torch
     import transformers
 
     return dict(
         model=args.model, threads=args.threads, quick=args.quick, rounds=counts["rounds"], counts=counts,
-        load_average_start=load_start, load_average_end=os.getloadavg(), disturbed_share=disturbed_share(samples),
+        load_average_start=load_start, load_average_end=os.getloadavg(), disturbed_share=samples.disturbed_share(),
         python=platform.python_version(), numpy_version=np.__version__, torch_version=torch.__version__,
         transformers_version=transformers.__version__, transformers_attention=model.config._attn_implementation,
         transformers_decode_method="generate(n+1) - generate(1): n steps of transformers' own greedy loop",
@@ -529,7 +385,7 @@ def run_info(args, counts, model, agreement, samples, load_start):
     )
 
 
-def main(argv=None):
+def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     started = time.perf_counter()
     counts = dict(QUICK if args.quick else FULL)
@@ -552,15 +408,12 @@ def main(argv=None):
     print("in-process: ours / transformers / pico, alternating", flush=True)
     agreement = warm_up(params, hparams["n_head"], model, prompts["short"])
     measure_in_process(samples, params, hparams["n_head"], model, prompts, counts)
-    with tempfile.TemporaryDirectory() as scratch:
-        script = os.path.join(scratch, "transformers_generate.py")
-        with open(script, "w") as f:
-            f.write(TRANSFORMERS_SCRIPT)
-        print("whole processes: ours / transformers / pico, alternating", flush=True)
-        measure_processes(samples, cli_commands(args.model, cache_dir, hf_dir, args.threads, script), counts)
+    print("whole processes: ours / transformers / pico, alternating", flush=True)
+    measure_processes(samples, cli_commands(args.model, cache_dir, hf_dir, args.threads), counts)
     measure_startup(samples, args.model, cache_dir, counts["rounds"])
 
-    figures = compute_figures(samples, counts, os.path.getsize(os.path.join(model_dir, utils.DATA_FILE)))
+    data_file = os.path.join(model_dir, utils.CHECKPOINT_PREFIX + tf_checkpoint.DATA_SUFFIX)
+    figures = compute_figures(samples, counts, os.path.getsize(data_file))
     targets = check_targets(figures)
     info = run_info(args, counts, model, agreement, samples, load_start)
     print()

@@ -1,0 +1,262 @@
+"""The command line: `python gpt2.py PROMPT ...` (or `python cli.py ...`) parses its options here and
+runs one of three modes: continue one prompt, continue every prompt of a file, or score a text."""
+import argparse
+import codecs
+import io
+import json
+import math
+import os
+import sys
+from typing import BinaryIO, Iterable, TextIO
+
+import numpy as np
+
+import gpt2
+from cli_files import completion_record, count_finished_records, read_prompts, read_text
+from download import MODEL_SIZES
+from encoder import Encoder
+from errors import GPT2Error
+from utils import load_encoder_hparams_and_params
+
+
+class OneLineErrorParser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def positive_int(text: str) -> int:
+    value = int(text)  # argparse turns a ValueError into "invalid positive_int value: 'x'"
+    if value < 1:
+        raise ValueError(text)
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError(text)
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0 or math.isinf(value):  # also rejects nan
+        raise ValueError(text)
+    return value
+
+
+def probability(text: str) -> float:
+    value = float(text)
+    if not 0 < value <= 1:
+        raise ValueError(text)
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineErrorParser(
+        prog="gpt2.py",
+        description="Continue a prompt with OpenAI's GPT-2, in plain NumPy; or many prompts; or score a text.",
+        epilog="A prompt that starts with '-' goes after '--', e.g. gpt2.py -- '-1 is a number'.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    add = parser.add_argument
+    add("prompt", nargs="?", help="text to continue, exactly as typed ('' for an unconditional sample)")
+    add("--n_tokens_to_generate", type=positive_int, default=40, help="how many tokens to add")
+    add("--model_size", choices=MODEL_SIZES, default="124M", help="which GPT-2 release")
+    add("--models_dir", default=None,
+        help="where model files are kept; it must exist (default: ./models, created on first use)")
+    add("--base_url", default=None, help="download from here instead of OpenAI's bucket (or set GPT2_BASE_URL)")
+    add("--threads", type=positive_int, default=None,
+        help="BLAS threads (default: as OMP_NUM_THREADS / OPENBLAS_NUM_THREADS, else all cores)")
+    sampling = parser.add_argument_group("choosing tokens").add_argument
+    sampling("--temperature", type=non_negative_float, default=0.0, help="0: greedy; higher: more random")
+    sampling("--top_k", type=non_negative_int, default=0, help="sample among the K most likely tokens (0: all)")
+    sampling("--top_p", type=probability, default=1.0,
+             help="sample among the most likely tokens holding this much probability (1: all)")
+    sampling("--seed", type=non_negative_int, default=None, help="random seed: the same seed gives the same sample")
+    sampling("--ignore_eos", action="store_true", help="keep going after <|endoftext|> instead of stopping")
+    sampling("--show_probs", type=non_negative_int, default=0, metavar="K",
+             help="print the top K candidates of every step on stderr")
+    batch = parser.add_argument_group("many prompts").add_argument
+    batch("--prompts_file", metavar="PATH",
+          help='generate for each line of PATH (of a .jsonl file: each {"prompt": ...}); prints JSON Lines')
+    batch("--batch_size", type=positive_int, default=8, help="how many prompts share each forward pass")
+    batch("--output", metavar="PATH",
+          help="write the JSON Lines here; run again with the same arguments to continue an interrupted run")
+    scoring = parser.add_argument_group("scoring a text").add_argument
+    scoring("--score", metavar="PATH",
+            help="print the average negative log-likelihood and perplexity of PATH's text ('-': standard input)")
+    scoring("--stride", type=positive_int, default=None,
+            help="for texts longer than n_ctx, how far the window moves; below n_ctx (default: n_ctx // 2)")
+    scoring("--json", action="store_true", help="with --score: print JSON, with every token's log-probability")
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if (args.prompt is not None) + (args.prompts_file is not None) + (args.score is not None) != 1:
+        parser.error("give exactly one of: a prompt, --prompts_file PATH, --score PATH")
+    for option, value, needs, mode in [
+        ("--output", args.output, "--prompts_file", args.prompts_file),
+        ("--json", args.json, "--score", args.score),
+        ("--stride", args.stride, "--score", args.score),
+        ("--show_probs", args.show_probs, "a single prompt", args.prompt),
+    ]:
+        if value and mode is None:
+            parser.error(f"{option} goes with {needs}")
+    return args
+
+
+# ---------------------------------------------------------------- one prompt
+
+
+def token_repr(encoder: Encoder, token: int) -> str:
+    return repr(encoder.decode([token]))
+
+
+def describe_step(encoder: Encoder, step: int, logits: np.ndarray, token: int, k: int) -> str:
+    """One line for --show_probs: the model's top k next tokens with their probabilities, and the pick."""
+    probs = gpt2.softmax(logits)  # the model's own distribution (temperature 1, before any filtering)
+    top = np.argsort(-probs, kind="stable")[:k]
+    candidates = "  ".join(f"{token_repr(encoder, t)} {probs[t]:.1%}" for t in top)
+    return f"step {step + 1:>4}: chose {token_repr(encoder, token)} ({probs[token]:.1%})  | {candidates}"
+
+
+def stream_continuation(
+    encoder: Encoder, steps: Iterable, eot_token: int | None, show_probs: int, out: BinaryIO, err: TextIO
+) -> None:
+    """Write each token's text to `out` as soon as it forms complete UTF-8 characters; stop at eot_token."""
+    utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")  # holds back a split character
+    for step, (token, logits) in enumerate(steps):
+        if show_probs:
+            print(describe_step(encoder, step, logits, token, show_probs), file=err, flush=True)
+        if token == eot_token:
+            break
+        out.write(utf8.decode(encoder.decode_bytes([token])).encode("utf-8"))
+        out.flush()
+    out.write(utf8.decode(b"", final=True).encode("utf-8"))  # a character cut off at the end: U+FFFD
+    out.flush()
+
+
+def load_model(args: argparse.Namespace) -> tuple[Encoder, dict, dict]:
+    models_dir = args.models_dir or "models"
+    if args.models_dir is not None and not os.path.isdir(models_dir):  # a typo should not start a download elsewhere
+        raise GPT2Error(f"--models_dir {models_dir} is not a directory: create it or check the path")
+    return load_encoder_hparams_and_params(args.model_size, models_dir, args.base_url)
+
+
+def run_prompt(args: argparse.Namespace) -> None:
+    encoder, hparams, params = load_model(args)
+    inputs = encoder.encode(args.prompt) or [encoder.eot_token]  # empty prompt: start a new document
+    gpt2.check_context(len(inputs), args.n_tokens_to_generate, hparams["n_ctx"])
+    pick = gpt2.make_picker(args.temperature, args.top_k, args.top_p, args.seed)
+    steps = gpt2.generate_steps(inputs, params, hparams["n_head"], args.n_tokens_to_generate, pick)
+    eot_token = None if args.ignore_eos else encoder.eot_token
+    # on one terminal, text streamed between the --show_probs rows would break them: text after rows
+    one_terminal = args.show_probs and sys.stdout.isatty() and sys.stderr.isatty()
+    out = io.BytesIO() if one_terminal else sys.stdout.buffer
+    stream_continuation(encoder, steps, eot_token, args.show_probs, out, sys.stderr)
+    if one_terminal:
+        sys.stdout.buffer.write(out.getvalue())
+        sys.stdout.flush()
+    if sys.stdout.isatty():
+        print()  # end the line in a terminal; files and pipes get exactly the continuation
+
+
+# ---------------------------------------------------------------- many prompts
+
+
+def run_prompts_file(args: argparse.Namespace) -> None:
+    prompts = read_prompts(args.prompts_file)  # all of it is checked before the model loads
+    encoder, hparams, params = load_model(args)
+    encoded = [encoder.encode(prompt) or [encoder.eot_token] for _, prompt in prompts]
+    for (number, _), tokens in zip(prompts, encoded):  # every prompt must fit before any work starts
+        try:
+            gpt2.check_context(len(tokens), args.n_tokens_to_generate, hparams["n_ctx"])
+        except gpt2.ContextError as e:
+            raise gpt2.ContextError(f"{args.prompts_file} line {number}: {e}") from None
+    first = count_finished_records(args.output, prompts) if args.output else 0
+    if args.output:
+        with open(args.output, "ab") as out:
+            write_completions(args, encoder, params, hparams["n_head"], prompts, encoded, first, out)
+    else:
+        write_completions(args, encoder, params, hparams["n_head"], prompts, encoded, first, sys.stdout.buffer)
+
+
+def write_completions(
+    args: argparse.Namespace, encoder: Encoder, params: dict, n_head: int,
+    prompts: list[tuple[int, str]], encoded: list[list[int]], first: int, out: BinaryIO,
+) -> None:
+    """Generate for prompts[first:] in batches, writing each batch's records as soon as it is done."""
+    eot_token = None if args.ignore_eos else encoder.eot_token
+    for start in range(first, len(prompts), args.batch_size):
+        rows = range(start, min(start + args.batch_size, len(prompts)))
+        # each prompt draws from its own generator, so a sample does not depend on the batch size
+        seeds = [None if args.seed is None else [args.seed, row] for row in rows]
+        picks = [gpt2.make_picker(args.temperature, args.top_k, args.top_p, seed) for seed in seeds]
+        batch = [encoded[row] for row in rows]
+        completions = gpt2.generate_completions(batch, params, n_head, args.n_tokens_to_generate, picks, eot_token)
+        out.write(b"".join(completion_record(*prompts[row], encoder.decode(new), new)
+                           for row, new in zip(rows, completions)))
+        out.flush()
+        if out is not sys.stdout.buffer:
+            os.fsync(out.fileno())  # a finished batch survives a crash or a power cut
+
+
+# ---------------------------------------------------------------- scoring
+
+
+def run_score(args: argparse.Namespace) -> None:
+    text = read_text(args.score)
+    encoder, hparams, params = load_model(args)
+    tokens = encoder.encode(text)
+    if len(tokens) < 2:
+        raise GPT2Error(f"{args.score} has {len(tokens)} token(s): scoring needs at least 2")
+    stride = args.stride or hparams["n_ctx"] // 2
+    if stride >= hparams["n_ctx"]:  # windows must overlap, or each window's first token has no context
+        raise GPT2Error(f"--stride {stride} must be smaller than the model's context ({hparams['n_ctx']} tokens)")
+    logprobs = gpt2.token_logprobs(tokens, params, hparams["n_head"], stride)
+    nll = -math.fsum(logprobs.tolist()) / len(logprobs)  # average negative log-likelihood, nats per token
+    summary = {"n_tokens_scored": len(logprobs), "avg_nll": nll, "perplexity": math.exp(nll), "stride": stride}
+    if args.json:
+        # a token holding part of a character's bytes shows U+FFFD in "text"; "token" is exact
+        per_token = [{"token": t, "text": encoder.decode([t]), "logprob": float(lp)}
+                     for t, lp in zip(tokens[1:], logprobs)]
+        print(json.dumps({**summary, "tokens": per_token}, ensure_ascii=False))
+    else:
+        print(f"tokens scored: {len(logprobs)} (the first token has no context)")
+        print(f"average negative log-likelihood: {nll:.4f} nats/token")
+        print(f"perplexity: {math.exp(nll):.4f}")
+
+
+def run(args: argparse.Namespace) -> None:
+    if args.score is not None:
+        run_score(args)
+    elif args.prompts_file is not None:
+        run_prompts_file(args)
+    else:
+        run_prompt(args)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    try:
+        if args.threads:
+            from threadpoolctl import threadpool_limits  # only when asked: it costs start-up time
+
+            threadpool_limits(args.threads)
+        run(args)
+    except GPT2Error as e:
+        sys.exit(f"gpt2.py: error: {e}")
+    except MemoryError:
+        sys.exit("gpt2.py: error: out of memory: use a smaller --batch_size, fewer tokens or a smaller model")
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except BrokenPipeError:  # e.g. piped into `head`: the reader has gone, nothing left to say
+        sys.stderr.close()
+        sys.exit(141)
+
+
+if __name__ == "__main__":
+    main()
