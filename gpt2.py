@@ -266,7 +266,7 @@ def target_logprobs(x, wte, targets, rows_at_once=256):  # [n, n_embd], [n] -> [
     return out
 
 
-def token_logprobs(tokens, params, n_head, stride):  # [n_tokens] -> [n_tokens - 1]
+def token_logprobs(tokens, params, n_head, stride, rows_at_once=256):  # [n_tokens] -> [n_tokens - 1]
     """log p(tokens[i] | earlier tokens) for i >= 1, with a sliding window for texts longer than n_ctx.
 
     Windows of n_ctx tokens start every `stride` tokens; each scores only the tokens that no earlier
@@ -283,7 +283,8 @@ def token_logprobs(tokens, params, n_head, stride):  # [n_tokens] -> [n_tokens -
         end = min(begin + n_ctx, len(tokens))
         x = transformer([tokens[begin:end]], **params, n_head=n_head)[0]  # [end - begin, n_embd]
         predictors = x[scored - 1 - begin : end - 1 - begin]  # the rows that predict tokens scored .. end - 1
-        logprobs[scored - 1 : end - 1] = target_logprobs(predictors, params["wte"], tokens[scored:end])
+        targets = tokens[scored:end]
+        logprobs[scored - 1 : end - 1] = target_logprobs(predictors, params["wte"], targets, rows_at_once)
         scored = end
         if end == len(tokens):
             break

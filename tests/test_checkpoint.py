@@ -119,6 +119,27 @@ def test_hparams_that_do_not_match_the_checkpoint_are_an_error(copied_model_dir,
         read_tensors(copied_model_dir)
 
 
+def test_a_transposed_tensor_of_the_right_size_is_an_error_naming_it_and_both_shapes(copied_model_dir):
+    """c_fc/w stored as [1, 4*n_embd, n_embd] has as many floats as [1, n_embd, 4*n_embd]: only a
+    check of the whole shape, not of the element count, catches it before it is silently reshaped."""
+    pytest.importorskip("tensorflow", reason="TensorFlow writes the checkpoint (pip install tensorflow-cpu)")
+    from references.openai_checkpoint import random_weights, save_checkpoint
+
+    hparams = utils.load_hparams(str(copied_model_dir))
+    weights = random_weights(hparams, seed=0)
+    name = "model/h1/mlp/c_fc/w"
+    n_embd = hparams["n_embd"]
+    weights[name] = np.ascontiguousarray(weights[name].transpose(0, 2, 1))  # [1, 4*n_embd, n_embd]
+    save_checkpoint(weights, str(copied_model_dir))
+    with pytest.raises(GPT2Error) as raised:
+        read_tensors(copied_model_dir)
+    message = str(raised.value)
+    assert name in message, message
+    assert f"[1, {4 * n_embd}, {n_embd}]" in message, f"the stored shape is not named: {message}"
+    assert f"[1, {n_embd}, {4 * n_embd}]" in message, f"the expected shape is not named: {message}"
+    assert "\n" not in message
+
+
 @pytest.mark.parametrize(
     "text",
     ["", "{", "[]", '{"n_vocab": 50257}', '{"n_vocab": "50257", "n_ctx": 32, "n_embd": 16, "n_head": 2, "n_layer": 2}',

@@ -223,6 +223,28 @@ def test_show_probs_prints_one_line_per_step_on_stderr_and_leaves_stdout_alone(m
     assert all(line.startswith(f"step {i + 1:>4}: chose ") and line.count("%") == 4 for i, line in enumerate(lines))
 
 
+def test_show_probs_lists_the_top_k_in_descending_order_with_the_greedy_pick_first(models_dir, encoder):
+    """Checked against the model's own logits, recomputed in-process: each row's candidates are the
+    K most likely tokens, most likely first, and a greedy pick is the first of them. The fixture's
+    distribution is nearly flat, so the token texts are compared, not the rounded percentages."""
+    k, n_new = 4, 5
+    result = run_cli("Hello", "--n_tokens_to_generate", n_new, "--models_dir", models_dir, "--show_probs", k,
+                     "--ignore_eos")
+    assert result.returncode == 0, result.stderr.decode()
+    hparams, params = load_fixture("tiny-a")
+    steps = gpt2.generate_steps(encoder.encode("Hello"), params, hparams["n_head"], n_new)
+    for line, (token, logits) in zip(result.stderr.decode("utf-8").splitlines(), steps, strict=True):
+        top = np.argsort(-logits, kind="stable")[:k]
+        chosen, candidates = line.split("  | ")
+        assert chosen.startswith("step") and f"chose {cli.token_repr(encoder, token)} (" in chosen, line
+        expected = [cli.token_repr(encoder, t) for t in top]
+        shown = [cell.rsplit(" ", 1)[0] for cell in candidates.split("  ")]
+        assert shown == expected, f"candidates {shown}, expected the top {k} {expected}"
+        assert top[0] == token, "under greedy decoding the first candidate is the chosen token"
+        percents = [float(cell.rsplit(" ", 1)[1].rstrip("%")) for cell in candidates.split("  ")]
+        assert percents == sorted(percents, reverse=True), f"not in descending order: {percents}"
+
+
 def test_threads_option_gives_the_same_output(models_dir):
     default = run_cli("Hello", "--n_tokens_to_generate", 5, "--models_dir", models_dir)
     one_thread = run_cli("Hello", "--n_tokens_to_generate", 5, "--models_dir", models_dir, "--threads", 1)
@@ -259,6 +281,16 @@ def test_a_split_character_is_written_once_complete(encoder):
     out = RecordingStream()
     cli.stream_continuation(encoder, ((t, None) for t in tokens), None, 0, out, io.StringIO())
     assert [piece for piece in out.writes if piece] == ["😀".encode("utf-8")]
+
+
+def test_a_character_cut_off_by_the_last_token_is_flushed_as_a_replacement_character(encoder):
+    """The incremental decoder holds back an incomplete character; at the end it must still be
+    written, as U+FFFD, exactly as encoder.decode renders the same tokens."""
+    tokens = encoder.encode("ok 😀")[:-1]  # the emoji's last byte(s) never arrive
+    assert encoder.decode(tokens).endswith("\ufffd")
+    out = RecordingStream()
+    cli.stream_continuation(encoder, ((t, None) for t in tokens), None, 0, out, io.StringIO())
+    assert out.getvalue().decode("utf-8") == encoder.decode(tokens), "the held-back bytes were not flushed"
 
 
 def test_streaming_stops_at_endoftext_without_printing_it(encoder):

@@ -50,6 +50,23 @@ def test_gelu_is_gpt2s_tanh_approximation():
     assert abs(float(gpt2.gelu(np.array([1.0], dtype=np.float32))[0]) - 0.8411920) < 1e-6
 
 
+def test_layer_norm_of_a_low_variance_row_equals_the_float64_definition():
+    """(x - mean) / sqrt(var + eps) * g + b. On a row whose variance (1e-6) is far below eps (1e-5),
+    putting eps outside the square root, or dropping it, changes the output by more than 10%;
+    float32 round-off here is near 1e-7 relative, so 1e-4 absolute (outputs of size ~0.3) is tight."""
+    rng = np.random.default_rng(3)
+    x = (1e-3 * rng.standard_normal((2, 64))).astype(np.float32)
+    g = (1 + 0.1 * rng.standard_normal(64)).astype(np.float32)
+    b = (0.1 * rng.standard_normal(64)).astype(np.float32)
+    x64 = x.astype(np.float64)
+    centered = x64 - x64.mean(axis=-1, keepdims=True)
+    expected = centered / np.sqrt((centered**2).mean(axis=-1, keepdims=True) + 1e-5) * g + b
+    ours = gpt2.layer_norm(x, g, b)
+    assert ours.dtype == np.float32
+    assert np.abs(ours - expected).max() <= 1e-4, report(ours, expected)
+    assert np.abs(gpt2_pico.layer_norm(x, g, b) - expected).max() <= 1e-4
+
+
 def test_attention_mask_hides_later_tokens_and_left_padding():
     mask = gpt2.attention_mask(np.array([0, 2]), 2, 3)  # two new tokens at index 3 and 4, five keys
     assert mask.shape == (2, 1, 2, 5)

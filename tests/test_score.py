@@ -53,13 +53,29 @@ def test_short_text_nll_matches_transformers_own_loss(fixture_name, encoder):
     assert average_nll(fixture_name, tokens, 16) == pytest.approx(expected, rel=RTOL)
 
 
-def test_windowing_equals_the_definition_token_by_token(encoder):
+def test_head_in_small_chunks_equals_the_head_in_one_chunk():
+    """The head runs rows_at_once rows at a time; every fixture window fits one default chunk of
+    256 rows, so small chunks (including a last, partial one) are what exercise the slicing.
+    Same float32 arithmetic row by row, so the results agree to round-off (1e-6)."""
+    hparams, params = load_fixture("tiny-b")
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((23, hparams["n_embd"]), dtype=np.float32)
+    targets = rng.integers(0, hparams["n_vocab"], 23)
+    whole = gpt2.target_logprobs(x, params["wte"], targets, rows_at_once=1000)
+    for rows_at_once in (1, 5, 22):
+        chunked = gpt2.target_logprobs(x, params["wte"], targets, rows_at_once)
+        assert np.abs(chunked - whole).max() <= 1e-6, f"rows_at_once={rows_at_once}: {chunked[:5]} vs {whole[:5]}"
+
+
+@pytest.mark.parametrize("rows_at_once", [256, 5])
+def test_windowing_equals_the_definition_token_by_token(encoder, rows_at_once):
     """Token i is scored once, by the first window that contains it (windows start every stride
-    tokens and hold n_ctx), with that window's tokens before it as context."""
+    tokens and hold n_ctx), with that window's tokens before it as context. With rows_at_once 5
+    each window's head runs in several chunks, as GPT-2's 1,024-token windows do at 256."""
     hparams, params = load_fixture("tiny-a")
     n_ctx, stride = hparams["n_ctx"], 12
     tokens = encoder.encode(reference.SCORE_TEXT)
-    ours = gpt2.token_logprobs(tokens, params, hparams["n_head"], stride)
+    ours = gpt2.token_logprobs(tokens, params, hparams["n_head"], stride, rows_at_once)
     with pytest.raises(ValueError, match="windows overlap"):
         gpt2.token_logprobs(tokens, params, hparams["n_head"], n_ctx)
     for i in range(1, len(tokens)):
@@ -87,8 +103,10 @@ def test_windowed_nll_matches_live_transformers(fixture_name, encoder):
 
 @pytest.fixture(scope="module")
 def models_dir(tmp_path_factory):
+    """124M is tiny-a (n_head 2, n_layer 2); 355M is tiny-b (n_head 4, n_layer 3)."""
     root = tmp_path_factory.mktemp("models")
     os.symlink(reference.fixture_dir("tiny-a"), root / "124M")
+    os.symlink(reference.fixture_dir("tiny-b"), root / "355M")
     return root
 
 
@@ -112,6 +130,17 @@ def test_score_prints_nll_and_perplexity(models_dir, encoder, tmp_path):
     assert lines[2].startswith("perplexity: ")
     # exp turns an absolute error into a relative one
     assert float(lines[2].split()[-1]) == pytest.approx(math.exp(nll), rel=RTOL * nll)
+
+
+def test_score_on_a_model_whose_n_head_differs_from_n_layer_matches_transformers(models_dir, tmp_path):
+    """tiny-b has 4 heads and 3 layers: passing one hyperparameter for the other cannot go unseen."""
+    text_file = tmp_path / "text.txt"
+    text_file.write_text(reference.SCORE_TEXT, encoding="utf-8")
+    result = run_cli("--score", text_file, "--models_dir", models_dir, "--model_size", "355M", "--json")
+    assert result.returncode == 0, result.stderr.decode()
+    report = json.loads(result.stdout)
+    assert report["stride"] == 32  # tiny-b's n_ctx // 2
+    assert report["avg_nll"] == pytest.approx(stored("tiny-b/score_nll_stride32"), rel=RTOL)
 
 
 def test_score_json_lists_every_tokens_log_probability(models_dir, encoder, tmp_path):
