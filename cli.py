@@ -66,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--models_dir", default=None,
         help="where model files are kept; it must exist (default: ./models, created on first use)")
     add("--base_url", default=None, help="download from here instead of OpenAI's bucket (or set GPT2_BASE_URL)")
+    add("--verify", action="store_true",
+        help="check every tensor against its checkpoint's CRC32C checksum again (done once after each download)")
     add("--threads", type=positive_int, default=None,
         help="BLAS threads (default: as OMP_NUM_THREADS / OPENBLAS_NUM_THREADS, else all cores)")
     sampling = parser.add_argument_group("choosing tokens").add_argument
@@ -143,7 +145,7 @@ def load_model(args: argparse.Namespace) -> tuple[Encoder, dict, dict]:
     models_dir = args.models_dir or "models"
     if args.models_dir is not None and not os.path.isdir(models_dir):  # a typo should not start a download elsewhere
         raise GPT2Error(f"--models_dir {models_dir} is not a directory: create it or check the path")
-    return load_encoder_hparams_and_params(args.model_size, models_dir, args.base_url)
+    return load_encoder_hparams_and_params(args.model_size, models_dir, args.base_url, args.verify)
 
 
 def run_prompt(args: argparse.Namespace) -> None:

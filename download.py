@@ -1,15 +1,36 @@
-"""Download OpenAI's GPT-2 release: the 7 files of a model size into `models/<size>/`, resumable and verified."""
+"""Download OpenAI's GPT-2 release: the 7 files of a model size into `models/<size>/`, resumable and verified.
+
+Each file is fetched into "<file>.part" and renamed to its final name only once it is verified:
+its size matches what the server announced and, when the server sent a Content-MD5 header, so
+does the MD5 of the whole file on disk. A file under its final name is therefore complete by
+construction, which we can check without any network: once all 7 files are there, the tool runs
+offline. (The tensors' own CRC32C checksums are checked when the model loads: see integrity.py.)
+
+Resuming needs no HEAD request, which many servers refuse: the first response's whole-file facts
+(size, Content-MD5, ETag / Last-Modified) are saved beside the .part in "<file>.part.json" before
+any byte of the body is written. A later request asks for the rest with Range and If-Range, and
+the saved MD5 checks the whole file at the end. A server that ignores Range, or a file that changed
+meanwhile, answers with the whole file, and we start over from byte 0; so does a .part whose facts
+were lost. A connection reset or a timeout in the middle of a file is retried within the same run,
+from the bytes already on disk. A lock per model directory makes concurrent runs take turns.
+"""
+import base64
+import contextlib
 import errno
+import hashlib
+import json
 import os
 import re
 import sys
-from typing import TYPE_CHECKING
+import time
+from typing import TYPE_CHECKING, Iterator
 
 from errors import GPT2Error
 
-# The download needs urllib, http.client, hashlib and tqdm; they are imported inside the functions
-# that use them, because most runs find the files on disk and importing them would slow every
-# start-up (README, "Speed").
+# requests, urllib3, tqdm and filelock are imported only when a file is missing (import_network_stack):
+# most runs find the files on disk, and importing them costs every start-up (README, "Speed").
+if TYPE_CHECKING:
+    import requests
 
 MODEL_SIZES = ("124M", "355M", "774M", "1558M")
 MODEL_FILES = (
@@ -23,36 +44,36 @@ MODEL_FILES = (
 )
 DEFAULT_BASE_URL = "https://openaipublic.blob.core.windows.net/gpt-2/models"
 BASE_URL_ENV = "GPT2_BASE_URL"  # overrides DEFAULT_BASE_URL (tests point it at a local server)
-
-if TYPE_CHECKING:
-    import http.client
-
-# OpenAI publishes each model size as 7 files under <base_url>/<size>/. Each file is fetched into
-# "<file>.part" and renamed to its final name only once it is verified: its size matches what the
-# server announced and, when the server sends a Content-MD5 header, so does its MD5. A file under
-# its final name is therefore complete by construction, which we can check without any network:
-# once all 7 files are there, the tool runs offline.
-#
-# A ".part" left by an interrupted run is resumed with an HTTP Range request. The Content-MD5 of a
-# 206 (partial) response describes only the bytes it carries, so before resuming we ask for the
-# whole file's Content-MD5 with a HEAD request and check it against the whole .part at the end.
-
 CHUNK_SIZE = 1 << 20  # read at most 1 MiB at a time
-TIMEOUT = 60  # seconds to wait for the connection, and then for each read, before giving up
+TIMEOUT = (10, 60)  # seconds to connect, then to wait for each read, before a try counts as failed
+RETRIES = 4  # further tries of a request or of a body cut off midway, within one run
+BACKOFF = 0.5  # seconds before the first retry, doubling after each
+LOCK_FILE = ".download.lock"
 NETWORK_HINT = f"check your network or set {BASE_URL_ENV} / --base_url"
+
+
+class Interrupted(Exception):
+    """A body ended early (reset, timeout, cut short): worth another try from the bytes on disk."""
 
 
 def download_model_files(model_size: str, models_dir: str, base_url: str | None = None) -> str:
     """Make sure the 7 files of `model_size` are complete in <models_dir>/<model_size>/; return it."""
     check_model_size(model_size)  # first: a size like "../x" must never become a path
     model_dir = make_model_dir(models_dir, model_size)
-    missing = [name for name in MODEL_FILES if not os.path.isfile(os.path.join(model_dir, name))]
-    if missing:
+    if missing_files(model_dir):
         check_writable(model_dir)
         base_url = resolve_base_url(base_url)
-        for name in missing:
-            download_file(model_file_url(base_url, model_size, name), os.path.join(model_dir, name))
+        with model_dir_lock(model_dir):
+            missing = missing_files(model_dir)  # another run may have fetched them while we waited
+            if missing:
+                session = new_session()
+                for name in missing:
+                    download_file(session, model_file_url(base_url, model_size, name), os.path.join(model_dir, name))
     return model_dir
+
+
+def missing_files(model_dir: str) -> list[str]:
+    return [name for name in MODEL_FILES if not os.path.isfile(os.path.join(model_dir, name))]
 
 
 def check_model_size(model_size: str) -> None:
@@ -65,18 +86,14 @@ def make_model_dir(models_dir: str, model_size: str) -> str:
     try:
         os.makedirs(model_dir, exist_ok=True)
     except OSError as e:
-        raise GPT2Error(
-            f"cannot create directory {model_dir}: {e.strerror}; choose another --models_dir"
-        ) from None
+        raise GPT2Error(f"cannot create directory {model_dir}: {e.strerror}; choose another --models_dir") from None
     return model_dir
 
 
 def check_writable(model_dir: str) -> None:
     """Fail early with a clear message rather than halfway through the first download."""
     if not os.access(model_dir, os.W_OK | os.X_OK):
-        raise GPT2Error(
-            f"cannot write to directory {model_dir}; fix its permissions or choose another --models_dir"
-        )
+        raise GPT2Error(f"cannot write to directory {model_dir}; fix its permissions or choose another --models_dir")
 
 
 def resolve_base_url(base_url: str | None = None) -> str:
@@ -88,98 +105,142 @@ def model_file_url(base_url: str, model_size: str, filename: str) -> str:
     return f"{base_url.rstrip('/')}/{model_size}/{filename}"
 
 
-def download_file(url: str, path: str) -> None:
-    """Download `url` to `path` through `path`.part (resuming it if present), verify it, rename it."""
-    part = path + ".part"
-    response, offset, md5 = _open_transfer(url, part)
-    with response:
-        size = _expected_size(response, offset, url)
-        _fetch_into_part(response, part, offset, size, url)
-    _check_md5(part, md5, url)
+# ---------------------------------------------------------------- one run at a time
+
+
+@contextlib.contextmanager
+def model_dir_lock(model_dir: str) -> Iterator[None]:
+    """Hold <model_dir>/.download.lock while downloading, so two runs never write the same .part.
+
+    filelock's Unix lock is an flock(2) on the file: the kernel releases it when its holder exits,
+    even by kill -9, so a lock left by a dead run never blocks the next one.
+    """
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(os.path.join(model_dir, LOCK_FILE))
     try:
-        os.replace(part, path)  # atomic: the final name never names a partial file
+        lock.acquire(timeout=0)
+    except Timeout:
+        print(f"waiting for another run that is downloading into {model_dir} ...", file=sys.stderr, flush=True)
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+# ---------------------------------------------------------------- HTTP
+
+
+def new_session() -> "requests.Session":
+    """A requests session that retries refused connections and 429/5xx answers with backoff."""
+    import requests
+    from requests.adapters import HTTPAdapter
+    from urllib3.util.retry import Retry
+
+    # a refused connection is retried less: it is more often a wrong --base_url than a passing fault
+    retry = Retry(total=RETRIES, connect=2, backoff_factor=BACKOFF, status_forcelist=(429, 500, 502, 503, 504),
+                  allowed_methods=("GET",), raise_on_status=False)
+    session = requests.Session()
+    session.mount("http://", HTTPAdapter(max_retries=retry))
+    session.mount("https://", HTTPAdapter(max_retries=retry))
+    return session
+
+
+def download_file(session: "requests.Session", url: str, path: str) -> None:
+    """Download `url` to `path` through `path`.part (resuming it when it can), verify it, rename it."""
+    part = path + ".part"
+    for attempt in range(RETRIES + 1):
+        try:
+            facts = fetch_into_part(session, url, part)
+            break
+        except Interrupted as e:
+            if attempt == RETRIES:
+                raise GPT2Error(f"{e} (tried {RETRIES + 1} times); run again to resume, or {NETWORK_HINT}") from None
+            time.sleep(BACKOFF * 2**attempt)
+    check_md5(part, facts.get("md5"), url)
+    try:
+        os.replace(part, path)  # atomic: the final name only ever names a complete file
     except OSError as e:
         raise GPT2Error(f"cannot rename {part} to {path}: {e.strerror}") from None
+    remove_quietly(facts_path(part))
 
 
-def _open_transfer(url: str, part: str) -> tuple["http.client.HTTPResponse", int, str | None]:
-    """Send the GET that fills `part`: return (response, byte offset to write at, whole-file MD5)."""
-    response = None
-    offset = _size_on_disk(part)
-    if offset:
-        md5 = _head_md5(url)  # a 206's own Content-MD5 would cover only the missing bytes
-        response = _urlopen(url, offset)  # None means 416: the part is too long to be continued
-        if response is not None and response.status == 206:
-            return response, offset, md5
-        # Either 416 (the part is as long as the file, or longer) or 200 (the server ignores Range
-        # and sends the whole file): in both cases we start again from byte 0.
-    if response is None:
-        response = _urlopen(url)
-    return response, 0, response.headers.get("Content-MD5")  # a 200's Content-MD5 is the file's
+def fetch_into_part(session: "requests.Session", url: str, part: str) -> dict:
+    """One GET that brings `part` to the whole file, resuming when the saved facts allow; its facts."""
+    offset, facts = size_on_disk(part), read_facts(part)
+    resume = bool(offset and facts and offset < facts["size"])
+    headers = {"Range": f"bytes={offset}-"} if resume else {}
+    if resume and facts.get("validator"):
+        headers["If-Range"] = facts["validator"]  # the file changed since: the server sends all of it
+    with open_response(session, url, headers) as response:
+        if response.status_code == 206 and resume:
+            check_content_range(response, offset, facts["size"], part, url)
+        else:  # a first request, or the server ignored Range or If-Range: the whole file, from byte 0
+            offset, facts = 0, facts_of(response, url)
+            write_facts(part, facts)  # before any byte of the body, so a later run can resume
+        receive_body(response, part, offset, facts["size"], url)
+    return facts
 
 
-def _head_md5(url: str) -> str | None:
-    """The whole file's Content-MD5 (base64), as the server reports it for a HEAD request."""
-    with _urlopen(url, method="HEAD") as response:
-        return response.headers.get("Content-MD5")
+def open_response(session: "requests.Session", url: str, headers: dict) -> "requests.Response":
+    import requests
 
-
-def _urlopen(url: str, offset: int = 0, method: str = "GET") -> "http.client.HTTPResponse | None":
-    """Open `url` from byte `offset`. Failures become GPT2Error, except 416 which returns None."""
-    import http.client
-    import urllib.error
-    import urllib.request
-
-    headers = {"Range": f"bytes={offset}-"} if offset else {}
     try:
-        request = urllib.request.Request(url, headers=headers, method=method)
-        return urllib.request.urlopen(request, timeout=TIMEOUT)
-    except urllib.error.HTTPError as e:  # the server answered, with an error status
-        e.close()
-        if e.code == 416 and offset:  # Range Not Satisfiable: the caller starts over
-            return None
-        raise GPT2Error(
-            f"cannot download {url}: HTTP {e.code} {e.reason}; "
-            f"check the model size, or set {BASE_URL_ENV} / --base_url"
-        ) from None
-    except (OSError, http.client.HTTPException) as e:  # no usable answer: refused, DNS, reset, timeout
-        raise GPT2Error(f"cannot download {url}: {_describe(e)}; {NETWORK_HINT}") from None
-    except ValueError as e:  # urllib cannot parse it, e.g. a base URL without "https://"
-        raise GPT2Error(
-            f"invalid URL {url} ({e}); set {BASE_URL_ENV} / --base_url to an http(s) URL"
-        ) from None
+        response = session.get(url, headers=headers, stream=True, timeout=TIMEOUT)
+    except requests.exceptions.InvalidURL as e:
+        raise GPT2Error(f"invalid URL {url} ({e}); set {BASE_URL_ENV} / --base_url to an http(s) URL") from None
+    except (requests.exceptions.MissingSchema, requests.exceptions.InvalidSchema):
+        raise GPT2Error(f"invalid URL {url}; set {BASE_URL_ENV} / --base_url to an http(s) URL") from None
+    except requests.exceptions.RetryError as e:  # 429/5xx after every retry
+        raise GPT2Error(f"cannot download {url}: {describe(e)}; {NETWORK_HINT}") from None
+    except requests.exceptions.RequestException as e:  # refused, DNS, timeout: after every retry
+        raise GPT2Error(f"cannot download {url}: {describe(e)}; {NETWORK_HINT}") from None
+    if response.status_code == 416 and "Range" in headers:  # the .part is as long as the file, or longer
+        response.close()
+        return open_response(session, url, {})
+    if response.status_code not in (200, 206):
+        response.close()
+        raise GPT2Error(f"cannot download {url}: HTTP {response.status_code} {response.reason}; "
+                        f"check the model size, or set {BASE_URL_ENV} / --base_url")
+    return response
 
 
-def _describe(error: Exception) -> str:
-    """A short reason for a network error: 'Connection refused', 'timed out', ..."""
-    reason = getattr(error, "reason", error)  # URLError wraps the underlying socket error
-    if isinstance(reason, OSError) and reason.strerror:
-        return reason.strerror
-    return str(reason) or type(reason).__name__
+def describe(error: Exception) -> str:
+    """A short reason for a network error: 'Connection refused', 'Read timed out', ..."""
+    text = str(error)
+    for pattern in (r"\[Errno -?\d+\] ([^'\")\]]+)", r"(Read timed out|Connection broken|timed out)"):
+        if match := re.search(pattern, text):
+            return match[1]
+    return text or type(error).__name__
 
 
-def _expected_size(response: "http.client.HTTPResponse", offset: int, url: str) -> int:
-    """The whole file's size: Content-Length, or on a 206 the total in Content-Range ("bytes 9-99/100")."""
-    if response.status == 206:
-        content_range = response.headers.get("Content-Range", "")
-        match = re.fullmatch(r"bytes (\d+)-\d+/(\d+)", content_range.strip())
-        if match and int(match[1]) == offset:
-            return int(match[2])
-        raise GPT2Error(
-            f"cannot resume {url}: the server answered a request from byte {offset} with "
-            f"Content-Range {content_range!r}; delete the .part file to start over"
-        )
+def facts_of(response: "requests.Response", url: str) -> dict:
+    """What a whole-file (200) response says of the file: its size, Content-MD5 and validator."""
     length = response.headers.get("Content-Length", "")
     if not length.isdigit():  # without it, a cut connection would look like a complete file
-        raise GPT2Error(
-            f"cannot download {url}: the server sent no Content-Length; "
-            f"set {BASE_URL_ENV} / --base_url to another server"
-        )
-    return int(length)
+        raise GPT2Error(f"cannot download {url}: the server sent no Content-Length; "
+                        f"set {BASE_URL_ENV} / --base_url to another server")
+    validator = response.headers.get("ETag") or response.headers.get("Last-Modified")
+    return {"url": url, "size": int(length), "md5": response.headers.get("Content-MD5"), "validator": validator}
 
 
-def _fetch_into_part(response: "http.client.HTTPResponse", part: str, offset: int, size: int, url: str) -> None:
-    """Write the response body into `part` from `offset` (0 empties it first), with a progress bar."""
+def check_content_range(response: "requests.Response", offset: int, size: int, part: str, url: str) -> None:
+    """A 206 must continue exactly where the .part ends, of a file of the size we started."""
+    content_range = response.headers.get("Content-Range", "")
+    match = re.fullmatch(r"bytes (\d+)-\d+/(\d+)", content_range.strip())
+    if not match or int(match[1]) != offset or int(match[2]) != size:
+        raise GPT2Error(f"cannot resume {url}: the server answered a request from byte {offset} with "
+                        f"Content-Range {content_range!r}; delete {part} to start over")
+
+
+def receive_body(response: "requests.Response", part: str, offset: int, size: int, url: str) -> None:
+    """Write the body into `part` from `offset` (0 empties it first), with a progress bar on stderr.
+
+    read1 returns whatever has arrived (one system call) instead of waiting for a full chunk, so
+    when the connection drops, every byte received before is already written to the .part file.
+    """
+    import urllib3
     from tqdm import tqdm
 
     received = offset
@@ -188,74 +249,82 @@ def _fetch_into_part(response: "http.client.HTTPResponse", part: str, offset: in
             desc=os.path.basename(url), total=size, initial=offset,
             unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr,
         ) as bar:
-            while chunk := _read_chunk(response, url, received, size):
+            while chunk := response.raw.read1(CHUNK_SIZE):
                 f.write(chunk)
                 received += len(chunk)
                 bar.update(len(chunk))
-    except OSError as e:  # reading errors are already GPT2Errors, so these come from the disk
-        raise _disk_error(e, part) from None
-    if received != size:  # the connection ended early; the bytes that did arrive stay for resuming
-        raise GPT2Error(
-            f"download of {url} ended after {received} of {size} bytes; run again to resume"
-        )
+    except (urllib3.exceptions.HTTPError, ConnectionError, TimeoutError) as e:  # reset, timeout, cut short
+        raise Interrupted(f"connection lost while downloading {url} ({describe(e)}) "
+                          f"after {size_on_disk(part)} of {size} bytes") from None
+    except OSError as e:  # reading errors are caught above, so these come from the disk
+        raise disk_error(e, part) from None
+    if received != size:
+        raise Interrupted(f"download of {url} ended after {received} of {size} bytes")
 
 
-def _read_chunk(response: "http.client.HTTPResponse", url: str, received: int, size: int) -> bytes:
-    """Up to CHUNK_SIZE bytes of the body, b"" at its end.
-
-    read1 returns whatever has arrived (one system call) instead of waiting for a full chunk, so
-    when the connection drops, every byte received before is already written to the .part file.
-    """
-    import http.client
-
-    try:
-        return response.read1(CHUNK_SIZE)
-    except (OSError, http.client.HTTPException) as e:  # reset, timeout, broken chunked encoding
-        raise GPT2Error(
-            f"connection lost while downloading {url} ({_describe(e)}) "
-            f"after {received} of {size} bytes; run again to resume"
-        ) from None
-
-
-def _disk_error(error: OSError, path: str) -> GPT2Error:
+def disk_error(error: OSError, path: str) -> GPT2Error:
     if error.errno == errno.ENOSPC:
-        return GPT2Error(
-            f"no space left on device while writing {path}; free some disk space and run again to resume"
-        )
-    return GPT2Error(
-        f"cannot write {path}: {error.strerror or error}; "
-        "check its permissions or choose another --models_dir"
-    )
+        return GPT2Error(f"no space left on device while writing {path}; free some disk space and run again to resume")
+    reason = error.strerror or error
+    return GPT2Error(f"cannot write {path}: {reason}; check its permissions or choose another --models_dir")
 
 
-def _check_md5(part: str, expected: str | None, url: str) -> None:
-    """If the server sent a Content-MD5, compare it with the MD5 of the whole .part file on disk."""
-    if expected is None:
-        return
-    actual = _file_md5(part)
-    if actual != expected.strip():
-        os.remove(part)  # resuming cannot repair a wrong byte somewhere, so start over next time
-        raise GPT2Error(
-            f"{url} failed its MD5 check (got {actual}, server says {expected}); "
-            "removed the partial file, run again to download it anew"
-        )
+# ---------------------------------------------------------------- verifying and remembering
 
 
-def _file_md5(path: str) -> str:
-    """Base64 of the MD5 digest of a file, the encoding of HTTP's Content-MD5 header.
+def check_md5(part: str, expected: str | None, url: str) -> None:
+    """If the server sent a Content-MD5, compare it with the MD5 of the whole .part file on disk.
 
     Reading the file back (rather than hashing chunks as they arrive) checks what is really on
     disk, and covers a resumed file's old and new bytes alike.
     """
-    import base64
-    import hashlib
+    if expected is None:
+        return
+    with open(part, "rb") as f:
+        actual = base64.b64encode(hashlib.file_digest(f, "md5").digest()).decode("ascii")
+    if actual != expected.strip():
+        remove_quietly(part)  # resuming cannot repair a wrong byte somewhere, so start over next time
+        remove_quietly(facts_path(part))
+        raise GPT2Error(f"{url} failed its MD5 check (got {actual}, server says {expected}); "
+                        "removed the partial file, run again to download it anew")
 
-    with open(path, "rb") as f:
-        return base64.b64encode(hashlib.file_digest(f, "md5").digest()).decode("ascii")
+
+def facts_path(part: str) -> str:
+    return part + ".json"
 
 
-def _size_on_disk(path: str) -> int:
+def read_facts(part: str) -> dict | None:
+    """The whole-file facts saved when `part` was started, or None if they are missing or unusable."""
+    try:
+        with open(facts_path(part), encoding="utf-8") as f:
+            facts = json.load(f)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(facts, dict) or not isinstance(facts.get("size"), int):
+        return None
+    return facts
+
+
+def write_facts(part: str, facts: dict) -> None:
+    """Save the facts atomically: a half-written file must never pass for the real ones."""
+    path = facts_path(part)
+    try:
+        with open(path + ".tmp", "w", encoding="utf-8") as f:
+            json.dump(facts, f)
+        os.replace(path + ".tmp", path)
+    except OSError as e:
+        raise disk_error(e, path) from None
+
+
+def size_on_disk(path: str) -> int:
     try:
         return os.path.getsize(path)
     except OSError:  # no such file yet
         return 0
+
+
+def remove_quietly(path: str) -> None:
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        pass

@@ -16,6 +16,7 @@ import os
 from typing import Iterator, NamedTuple
 
 import numpy as np
+from crc32c import crc32c
 
 from errors import GPT2Error
 
@@ -49,26 +50,9 @@ class BundleEntry(NamedTuple):
 
 # ---------------------------------------------------------------- CRC32C
 
-
-def _crc32c_table() -> list[int]:
-    poly = 0x82F63B78  # CRC-32C (Castagnoli), reflected
-    table = []
-    for byte in range(256):
-        crc = byte
-        for _ in range(8):
-            crc = (crc >> 1) ^ poly if crc & 1 else crc >> 1
-        table.append(crc)
-    return table
-
-
-_CRC32C_TABLE = _crc32c_table()
-
-
-def crc32c(data: bytes) -> int:
-    crc = 0xFFFFFFFF
-    for byte in data:
-        crc = _CRC32C_TABLE[(crc ^ byte) & 0xFF] ^ (crc >> 8)
-    return crc ^ 0xFFFFFFFF
+# CRC32C comes from the `crc32c` package: it reads a memory map without copying and uses the CPU's
+# CRC instruction, so checking every tensor of a 124M model takes tens of milliseconds where a
+# Python loop would take minutes (google-crc32c needs a bytes copy first: README, "Speed").
 
 
 def mask_crc(crc: int) -> int:
@@ -228,3 +212,14 @@ def tensor_view(data: np.ndarray, entry: BundleEntry, name: str, prefix: str) ->
         data_path, index_path = prefix + DATA_SUFFIX, prefix + INDEX_SUFFIX
         raise CheckpointError(f"{data_path} is truncated or does not match {index_path} at {name}")
     return data[entry.offset : entry.offset + entry.size].view(dtype).reshape(entry.shape)
+
+
+def first_corrupt_tensor(data: np.ndarray, entries: dict[str, BundleEntry]) -> str | None:
+    """The name of the first tensor (in file order) whose bytes do not match the CRC32C in its index
+    entry, or None when all match. A tensor running past the end of the data file counts as corrupt."""
+    for name, entry in sorted(entries.items(), key=lambda item: item[1].offset):
+        end = entry.offset + entry.size
+        if end > data.size or mask_crc(crc32c(data[entry.offset : end])) != entry.crc32c:
+            return name
+    return None
+

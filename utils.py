@@ -10,6 +10,7 @@ import os
 import numpy as np
 
 import download
+import integrity
 import tf_checkpoint
 from encoder import Encoder, VocabularyError, get_encoder
 from errors import GPT2Error
@@ -20,13 +21,16 @@ REDOWNLOAD = "delete it and run again to download it anew"  # what to do about a
 
 
 def load_encoder_hparams_and_params(
-    model_size: str, models_dir: str = "models", base_url: str | None = None
+    model_size: str, models_dir: str = "models", base_url: str | None = None, verify: bool = False
 ) -> tuple[Encoder, dict, dict]:
-    """picoGPT's entry point: download if needed, then return (encoder, hparams, params)."""
+    """picoGPT's entry point: download if needed, then return (encoder, hparams, params).
+
+    Every tensor's CRC32C is checked on the first load of the files (see integrity.py); verify=True
+    checks them again even if a pass is remembered."""
     model_dir = download.download_model_files(model_size, models_dir, base_url)
     encoder = load_encoder(model_size, models_dir)
     hparams = load_hparams(model_dir)
-    return encoder, hparams, load_params(model_dir, hparams)
+    return encoder, hparams, load_params(model_dir, hparams, verify)
 
 
 def load_encoder(model_size: str, models_dir: str) -> Encoder:
@@ -78,8 +82,9 @@ def checkpoint_shapes(hparams: dict) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def map_checkpoint_tensors(model_dir: str, hparams: dict) -> dict[str, np.ndarray]:
-    """{variable name: read-only float32 view into the memory-mapped data file}, checked against hparams."""
+def map_checkpoint_tensors(model_dir: str, hparams: dict, verify: bool = False) -> dict[str, np.ndarray]:
+    """{variable name: read-only float32 view into the memory-mapped data file}, checked against hparams
+    and, on the first load of these files or when verify is set, against the index's CRC32C checksums."""
     prefix = os.path.join(model_dir, CHECKPOINT_PREFIX)
     index_path = prefix + tf_checkpoint.INDEX_SUFFIX
     try:
@@ -96,6 +101,7 @@ def map_checkpoint_tensors(model_dir: str, hparams: dict) -> dict[str, np.ndarra
             tensors[name] = tf_checkpoint.tensor_view(data, entry, name, prefix)
     except GPT2Error as e:
         raise GPT2Error(f"{e}; {REDOWNLOAD}") from None
+    integrity.verify_checkpoint(prefix, entries, data, force=verify)  # its errors say what to do
     return tensors
 
 
@@ -115,5 +121,5 @@ def params_from_tensors(tensors: dict[str, np.ndarray], n_layer: int) -> dict:
     return params
 
 
-def load_params(model_dir: str, hparams: dict) -> dict:
-    return params_from_tensors(map_checkpoint_tensors(model_dir, hparams), hparams["n_layer"])
+def load_params(model_dir: str, hparams: dict, verify: bool = False) -> dict:
+    return params_from_tensors(map_checkpoint_tensors(model_dir, hparams, verify), hparams["n_layer"])

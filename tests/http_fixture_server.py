@@ -1,15 +1,20 @@
 """A small HTTP server for the download tests, on 127.0.0.1 with a port the OS picks.
 
-It serves the files of a directory as /<size>/<file>, speaking just the HTTP the downloader relies
-on: GET and HEAD, `Range: bytes=N-` (206 with Content-Range, or 416 past the end), Content-Length,
-and Content-MD5 (base64 of the whole file's MD5, on full 200 responses only, as Azure does).
-It records every request, and misbehaves on demand, one fault per file path:
+It serves the files of a directory as /<size>/<file> (read anew for every request, so a test can
+change them), speaking just the HTTP the downloader relies on: GET and HEAD, `Range: bytes=N-`
+(206 with Content-Range, or 416 past the end), `If-Range` with the ETag (a mismatch sends the whole
+file), Content-Length, ETag, and Content-MD5 (base64 of the whole file's MD5, on full 200 responses
+only, as Azure does). It records every request, and misbehaves on demand, per file path:
 
     server.drop_after[path] = n      reset the connection after n body bytes, once
+    server.drop_every[path] = n      reset the connection after n body bytes, on every GET
     server.truncate_after[path] = n  announce the full length, send n bytes, close cleanly, once
     server.not_found.add(path)       answer 404
     server.wrong_md5.add(path)       send a Content-MD5 that does not match
     server.ignore_range = True       answer every GET with the whole file (200)
+    server.head_status = 405         answer every HEAD with this error status (403, 405, 501, ...)
+    server.send_md5 = False          send no Content-MD5 at all
+    server.chunk_delay = 0.05        sleep this long after each 16 KiB of a body, so a download stays in flight
 """
 import base64
 import dataclasses
@@ -30,6 +35,7 @@ class Request:
     path: str
     range: str | None  # the Range header, if any
     sent: int = 0  # body bytes written to the socket
+    if_range: str | None = None  # the If-Range header, if any
 
 
 class FixtureServer:
@@ -37,10 +43,14 @@ class FixtureServer:
         self.root = Path(root)
         self.requests = []  # every Request, in arrival order
         self.drop_after = {}
+        self.drop_every = {}
         self.truncate_after = {}
         self.not_found = set()
         self.wrong_md5 = set()
         self.ignore_range = False
+        self.head_status = None
+        self.send_md5 = True
+        self.chunk_delay = 0.0
         self.lock = threading.Lock()  # handlers run in their own threads
         self._httpd = _Server(("127.0.0.1", 0), _Handler)
         self._httpd.fixture = self
@@ -74,10 +84,12 @@ class FixtureServer:
         file = self.root / parts[1] / parts[2]
         return file.read_bytes() if file.is_file() else None
 
-    def range_start(self, header):
-        """N from `Range: bytes=N-`, or None to send the whole file."""
+    def range_start(self, header, if_range, etag):
+        """N from `Range: bytes=N-`, or None to send the whole file (also when If-Range names another version)."""
         match = re.fullmatch(r"bytes=(\d+)-", (header or "").strip())
-        return int(match[1]) if match and not self.ignore_range else None
+        if not match or self.ignore_range or (if_range is not None and if_range != etag):
+            return None
+        return int(match[1])
 
     def content_md5(self, path, data):
         digest = hashlib.md5(data).digest()
@@ -86,8 +98,10 @@ class FixtureServer:
         return base64.b64encode(digest).decode("ascii")
 
     def take_fault(self, path):
-        """("drop" | "truncate", n) for a fault armed on `path`, disarming it; else (None, None)."""
+        """("drop" | "truncate", n) for a fault armed on `path`, disarming a one-time fault; else (None, None)."""
         with self.lock:
+            if path in self.drop_every:
+                return "drop", self.drop_every[path]
             for kind, faults in (("drop", self.drop_after), ("truncate", self.truncate_after)):
                 if path in faults:
                     return kind, faults.pop(path)
@@ -119,14 +133,18 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _serve(self, send_body):
         fixture = self.server.fixture
-        request = Request(self.command, self.path, self.headers.get("Range"))
+        request = Request(self.command, self.path, self.headers.get("Range"), if_range=self.headers.get("If-Range"))
         with fixture.lock:
             fixture.requests.append(request)
+        if not send_body and fixture.head_status:
+            self.send_error(fixture.head_status)
+            return
         data = fixture.content(self.path)
         if data is None or self.path in fixture.not_found:
             self.send_error(404)
             return
-        start = fixture.range_start(request.range)
+        etag = '"' + hashlib.md5(data).hexdigest() + '"'
+        start = fixture.range_start(request.range, request.if_range, etag)
         if start is not None and start >= len(data):
             self.send_response(416)
             self.send_header("Content-Range", f"bytes */{len(data)}")
@@ -135,13 +153,15 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if start is None:
             self.send_response(200)
-            self.send_header("Content-MD5", fixture.content_md5(self.path, data))
+            if fixture.send_md5:
+                self.send_header("Content-MD5", fixture.content_md5(self.path, data))
             body = data
         else:
             self.send_response(206)
             self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
             body = data[start:]
         self.send_header("Content-Length", str(len(body)))
+        self.send_header("ETag", etag)
         self.end_headers()
         if send_body:
             self._send_body(fixture, request, body)
@@ -150,8 +170,13 @@ class _Handler(BaseHTTPRequestHandler):
         fault, n = fixture.take_fault(self.path)
         if fault:
             body = body[:n]
-        self.wfile.write(body)
-        request.sent = len(body)
+        step = 16 * 1024 if fixture.chunk_delay else len(body) or 1
+        for start in range(0, len(body), step):
+            self.wfile.write(body[start : start + step])
+            request.sent += len(body[start : start + step])
+            if fixture.chunk_delay:
+                self.wfile.flush()
+                time.sleep(fixture.chunk_delay)
         if fault == "drop":
             # Give the client a moment to read what was sent, then close with SO_LINGER set to 0:
             # the kernel sends a TCP RST, so the client sees "connection reset by peer".

@@ -173,3 +173,62 @@ def test_index_of_a_checkpoint_is_parsed_as_tensorflow_lists_it(fixture_name):
         extents.append((offset, size))
     extents.sort()
     assert all(a[0] + a[1] <= b[0] for a, b in zip(extents, extents[1:])), "tensors overlap"
+
+
+# ---- integrity: every tensor's CRC32C, checked once per version of the files
+
+
+def test_a_flipped_byte_in_any_tensor_is_an_error_naming_it_and_the_file_is_moved_aside(copied_model_dir):
+    """One flip in each tensor in turn (the first byte of the first tensor, the last byte of the last):
+    each is refused with the tensor's name, and the damaged file is renamed, never deleted."""
+    data_path = copied_model_dir / DATA
+    good = data_path.read_bytes()
+    entries = tf_checkpoint.read_index(str(copied_model_dir / "model.ckpt"))
+    for i, (name, entry) in enumerate(sorted(entries.items(), key=lambda item: item[1].offset)):
+        damaged = bytearray(good)
+        damaged[entry.offset + (i * 7919) % entry.size] ^= 0x10
+        data_path.write_bytes(bytes(damaged))
+        with pytest.raises(GPT2Error) as raised:
+            read_tensors(copied_model_dir)
+        message = str(raised.value)
+        assert f"tensor {name} does not match" in message and "\n" not in message, message
+        aside = copied_model_dir / (DATA + ".damaged")
+        assert aside.read_bytes() == bytes(damaged) and not data_path.exists()
+        aside.unlink()
+    data_path.write_bytes(good)
+    assert read_tensors(copied_model_dir)
+
+
+def test_a_passed_check_is_remembered_until_the_files_change(copied_model_dir, monkeypatch):
+    calls = []
+    real_check = tf_checkpoint.first_corrupt_tensor
+    monkeypatch.setattr(tf_checkpoint, "first_corrupt_tensor", lambda *args: calls.append(1) or real_check(*args))
+    read_tensors(copied_model_dir)
+    read_tensors(copied_model_dir)
+    assert len(calls) == 1, "the second load should trust the remembered pass"
+    os.utime(copied_model_dir / DATA)  # a new modification time: another version of the file
+    read_tensors(copied_model_dir)
+    assert len(calls) == 2
+
+
+def test_verify_checks_again_even_when_a_pass_is_remembered(copied_model_dir):
+    """A byte changed behind our back, with size and modification time restored, passes a normal
+    load (the check is remembered), but not --verify."""
+    read_tensors(copied_model_dir)
+    data_path = copied_model_dir / DATA
+    stat = data_path.stat()
+    damaged = bytearray(data_path.read_bytes())
+    damaged[1000] ^= 0x01
+    data_path.write_bytes(bytes(damaged))
+    os.utime(data_path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    read_tensors(copied_model_dir)
+    hparams = utils.load_hparams(str(copied_model_dir))
+    with pytest.raises(GPT2Error, match="does not match the CRC32C"):
+        utils.map_checkpoint_tensors(str(copied_model_dir), hparams, verify=True)
+
+
+def test_a_read_only_model_directory_is_checked_without_remembering(copied_model_dir, monkeypatch):
+    monkeypatch.setattr("integrity.os.replace", lambda *args: (_ for _ in ()).throw(PermissionError(13, "denied")))
+    read_tensors(copied_model_dir)  # no error: the pass simply is not remembered
+    assert not (copied_model_dir / ".verified.json").exists()
+

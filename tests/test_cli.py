@@ -169,7 +169,9 @@ def test_models_dir_that_is_a_file_is_a_one_line_error(tmp_path):
 
 
 def directory_digest(path):
-    return {name: hashlib.md5((path / name).read_bytes()).hexdigest() for name in sorted(os.listdir(path))}
+    """The MD5 of every file but the tool's own hidden bookkeeping (.download.lock, .verified.json)."""
+    names = sorted(name for name in os.listdir(path) if not name.startswith("."))
+    return {name: hashlib.md5((path / name).read_bytes()).hexdigest() for name in names}
 
 
 def test_missing_model_files_are_a_one_line_error_and_nothing_is_deleted(copied_model_dir):

@@ -2,10 +2,11 @@
 
 The server (http_fixture_server.py) serves a few hundred KB of deterministic random bytes under
 each of the 7 file names, and can be told to drop connections, cut bodies short, answer 404,
-send a wrong Content-MD5 or ignore Range headers.
+send a wrong or no Content-MD5, ignore Range headers or refuse HEAD.
 """
 import errno
 import io
+import json
 import os
 import random
 import socket
@@ -21,11 +22,12 @@ SIZE = "124M"
 DATA = "model.ckpt.data-00000-of-00001"
 
 
-@pytest.fixture(scope="session")
-def served_dir(tmp_path_factory):
-    """<root>/124M/<file> for the 7 files: 150 KB to 390 KB each, the same bytes on every run."""
-    root = tmp_path_factory.mktemp("served")
-    (root / SIZE).mkdir()
+@pytest.fixture
+def served_dir(tmp_path):
+    """<root>/124M/<file> for the 7 files: 150 KB to 390 KB each, the same bytes on every run
+    (a fresh copy for each test, which may change them)."""
+    root = tmp_path / "served"
+    (root / SIZE).mkdir(parents=True)
     for i, name in enumerate(download.MODEL_FILES):
         (root / SIZE / name).write_bytes(random.Random(i).randbytes(150_000 + 40_000 * i))
     return root
@@ -40,6 +42,12 @@ def server(served_dir):
 @pytest.fixture
 def models_dir(tmp_path):
     return tmp_path / "models"
+
+
+@pytest.fixture(autouse=True)
+def quick_retries(monkeypatch):
+    """Retries wait BACKOFF, 2 * BACKOFF, ... seconds: shortened so that tests of them stay quick."""
+    monkeypatch.setattr(download, "BACKOFF", 0.01)
 
 
 @pytest.fixture(autouse=True)
@@ -79,38 +87,47 @@ def closed_port():
 def test_downloads_all_seven_files_byte_identical(server, models_dir):
     model_dir = fetch_model(server.url, models_dir)
     assert model_dir == str(models_dir / SIZE)
-    assert sorted(os.listdir(model_dir)) == sorted(download.MODEL_FILES)  # no .part left behind
+    visible = [name for name in os.listdir(model_dir) if not name.startswith(".")]  # not the lock file
+    assert sorted(visible) == sorted(download.MODEL_FILES)  # no .part or .part.json left behind
     for name in download.MODEL_FILES:
         assert (models_dir / SIZE / name).read_bytes() == served(server, name)
 
 
-def test_resumes_after_connection_drop_mid_file(server, models_dir):
+def test_a_reset_mid_file_is_resumed_within_the_same_run(server, models_dir):
     path, size = url_path(DATA), len(served(server, DATA))
     server.drop_after[path] = 100_000
-    assert "run again to resume" in failed_download(server.url, models_dir)
-    part = models_dir / SIZE / (DATA + ".part")
-    kept = part.stat().st_size
-    assert not (models_dir / SIZE / DATA).exists()
-
     fetch_model(server.url, models_dir)
     assert (models_dir / SIZE / DATA).read_bytes() == served(server, DATA)
     first, second = server.gets(path)
-    assert kept == first.sent == 100_000  # every byte that arrived before the drop was kept
-    assert second.range == f"bytes={kept}-"
+    assert first.sent == 100_000 and first.range is None
+    assert second.range == "bytes=100000-"  # every byte that arrived before the reset was kept
+    assert second.if_range and second.if_range.startswith('"')  # resume only the same version of the file
     assert first.sent + second.sent == size  # nothing was fetched twice
 
 
-def test_truncated_body_fails_keeps_part_and_next_run_completes(server, models_dir):
-    path, size = url_path(DATA), len(served(server, DATA))
+def test_a_body_cut_short_is_resumed_within_the_same_run(server, models_dir):
+    path = url_path(DATA)
     server.truncate_after[path] = 50_000
-    message = failed_download(server.url, models_dir)
-    assert f"ended after 50000 of {size} bytes" in message
-    assert not (models_dir / SIZE / DATA).exists()
-    assert (models_dir / SIZE / (DATA + ".part")).stat().st_size == 50_000
-
     fetch_model(server.url, models_dir)
     assert (models_dir / SIZE / DATA).read_bytes() == served(server, DATA)
-    assert server.gets(path)[1].range == "bytes=50000-"
+    assert [get.range for get in server.gets(path)] == [None, "bytes=50000-"]
+
+
+def test_a_connection_that_keeps_dropping_fails_after_retries_and_the_next_run_resumes(server, models_dir):
+    path = url_path(DATA)
+    server.drop_every[path] = 30_000
+    message = failed_download(server.url, models_dir)
+    tries = download.RETRIES + 1
+    assert f"tried {tries} times" in message and "run again to resume" in message
+    assert len(server.gets(path)) == tries
+    part = models_dir / SIZE / (DATA + ".part")
+    assert part.stat().st_size == tries * 30_000  # each try added what it received
+    assert not (models_dir / SIZE / DATA).exists()
+
+    del server.drop_every[path]
+    fetch_model(server.url, models_dir)
+    assert (models_dir / SIZE / DATA).read_bytes() == served(server, DATA)
+    assert server.gets(path)[-1].range == f"bytes={tries * 30_000}-"
 
 
 def test_http_404_names_url_and_status(server, models_dir):
@@ -128,17 +145,67 @@ def test_wrong_content_md5_fails_and_leaves_no_file(server, models_dir):
     assert not (models_dir / SIZE / "encoder.json.part").exists()  # resuming it could not help
 
 
-def test_corrupt_part_is_caught_by_whole_file_md5_on_resume(server, models_dir):
-    (models_dir / SIZE).mkdir(parents=True)
-    part = models_dir / SIZE / (DATA + ".part")
-    part.write_bytes(bytes(1000))  # zeros: not a prefix of the served file
-    assert "MD5" in failed_download(server.url, models_dir)
+def interrupted_download(server, models_dir, after=30_000):
+    """A run that fails on the data file after `after * tries` bytes, leaving a .part and its facts;
+    then the fault is gone."""
+    path = url_path(DATA)
+    server.drop_every[path] = after
+    failed_download(server.url, models_dir)
+    del server.drop_every[path]
+    return models_dir / SIZE / (DATA + ".part")
+
+
+def test_resuming_sends_no_head_request(server, models_dir):
+    """Many servers refuse HEAD; resuming needs only GET with Range."""
+    interrupted_download(server, models_dir)
+    fetch_model(server.url, models_dir)
+    assert (models_dir / SIZE / DATA).read_bytes() == served(server, DATA)
+    assert {request.method for request in server.requests} == {"GET"}
+
+
+@pytest.mark.parametrize("status", [403, 405, 501])
+def test_a_server_refusing_head_still_resumes_to_a_verified_file(server, models_dir, status):
+    server.head_status = status
+    part = interrupted_download(server, models_dir)
+    kept = part.stat().st_size
+    fetch_model(server.url, models_dir)
+    assert (models_dir / SIZE / DATA).read_bytes() == served(server, DATA)
+    assert server.gets(url_path(DATA))[-1].range == f"bytes={kept}-"
+
+
+def test_a_damaged_part_is_caught_by_the_whole_file_md5_saved_when_it_started(server, models_dir):
+    part = interrupted_download(server, models_dir)
+    kept = part.stat().st_size
+    part.write_bytes(bytes(kept))  # zeros: no longer a prefix of the served file
+    message = failed_download(server.url, models_dir)
+    assert "MD5" in message and "run again" in message
     assert not part.exists() and not (models_dir / SIZE / DATA).exists()
-    methods = [(r.method, r.range) for r in server.requests if r.path == url_path(DATA)]
-    assert methods == [("HEAD", None), ("GET", "bytes=1000-")]  # HEAD gives the whole file's MD5
+    assert server.gets(url_path(DATA))[-1].range == f"bytes={kept}-"  # it was resumed, then checked whole
 
     fetch_model(server.url, models_dir)
     assert (models_dir / SIZE / DATA).read_bytes() == served(server, DATA)
+
+
+def test_a_part_without_its_saved_facts_starts_over(server, models_dir):
+    """Nothing says which file or version the bytes belong to, so they are not trusted."""
+    (models_dir / SIZE).mkdir(parents=True)
+    part = models_dir / SIZE / (DATA + ".part")
+    part.write_bytes(bytes(1000))
+    fetch_model(server.url, models_dir)
+    assert (models_dir / SIZE / DATA).read_bytes() == served(server, DATA)
+    (get,) = server.gets(url_path(DATA))
+    assert get.range is None
+
+
+def test_a_file_changed_on_the_server_since_the_part_began_is_fetched_whole(server, models_dir):
+    """If-Range carries the ETag of the first response: another version comes back whole (200)."""
+    interrupted_download(server, models_dir)
+    served_file = server.root / SIZE / DATA
+    served_file.write_bytes(b"a new version " + served_file.read_bytes())
+    fetch_model(server.url, models_dir)
+    assert (models_dir / SIZE / DATA).read_bytes() == served_file.read_bytes()
+    last = server.gets(url_path(DATA))[-1]
+    assert last.range is not None and last.sent == served_file.stat().st_size
 
 
 def test_complete_directory_makes_no_requests(server, models_dir):
@@ -224,12 +291,11 @@ def test_progress_bar_counts_bytes_to_the_file_size(server, models_dir, progress
 
 def test_progress_bar_of_a_resumed_file_starts_at_the_bytes_on_disk(server, models_dir, progress_bars):
     server.truncate_after[url_path(DATA)] = 50_000
-    failed_download(server.url, models_dir)
-    progress_bars.clear()
-    fetch_model(server.url, models_dir)
-    (bar,) = [bar for bar in progress_bars if bar.desc == DATA]
+    fetch_model(server.url, models_dir)  # the first try is cut short; the second resumes
+    first, second = [bar for bar in progress_bars if bar.desc == DATA]
     size = len(served(server, DATA))
-    assert (bar.desc, bar.initial, bar.total, bar.n) == (DATA, 50_000, size, size)
+    assert (first.initial, first.n) == (0, 50_000)
+    assert (second.initial, second.total, second.n) == (50_000, size, size)
 
 
 def test_network_failure_names_the_url(models_dir):
@@ -246,26 +312,44 @@ def test_base_url_without_scheme_gives_gpt2error(models_dir):
 
 
 def test_server_ignoring_range_restarts_cleanly(server, models_dir):
-    (models_dir / SIZE).mkdir(parents=True)
-    content = served(server, DATA)
-    (models_dir / SIZE / (DATA + ".part")).write_bytes(content[:1000])
+    part = interrupted_download(server, models_dir)
+    kept = part.stat().st_size
     server.ignore_range = True
     fetch_model(server.url, models_dir)
-    assert (models_dir / SIZE / DATA).read_bytes() == content  # not the 1000 bytes twice
-    (get,) = server.gets(url_path(DATA))
-    assert get.range == "bytes=1000-" and get.sent == len(content)
-
-
-@pytest.mark.parametrize("extra", [0, 10])
-def test_part_as_long_as_the_file_or_longer_restarts_from_zero(server, models_dir, extra):
-    (models_dir / SIZE).mkdir(parents=True)
     content = served(server, DATA)
-    (models_dir / SIZE / (DATA + ".part")).write_bytes(content + b"x" * extra)
+    assert (models_dir / SIZE / DATA).read_bytes() == content  # not the kept bytes twice
+    last = server.gets(url_path(DATA))[-1]
+    assert last.range == f"bytes={kept}-" and last.sent == len(content)
+
+
+def test_a_part_as_long_as_the_file_is_fetched_anew(server, models_dir):
+    part = interrupted_download(server, models_dir)
+    content = served(server, DATA)
+    part.write_bytes(content)  # e.g. a run killed between the last byte and the rename
     fetch_model(server.url, models_dir)
     assert (models_dir / SIZE / DATA).read_bytes() == content
-    ranged, fresh = server.gets(url_path(DATA))  # 416 Range Not Satisfiable, then from zero
-    assert (ranged.range, ranged.sent) == (f"bytes={len(content) + extra}-", 0)
+    assert server.gets(url_path(DATA))[-1].range is None
+
+
+def test_a_range_past_the_end_of_the_file_starts_over(server, models_dir):
+    """416 Range Not Satisfiable (the saved size was wrong, say): one more request, from byte 0."""
+    part = interrupted_download(server, models_dir)
+    content = served(server, DATA)
+    part.write_bytes(content + b"x" * 10)
+    facts = json.loads((part.parent / (part.name + ".json")).read_text())
+    (part.parent / (part.name + ".json")).write_text(json.dumps(dict(facts, size=len(content) + 100)))
+    fetch_model(server.url, models_dir)
+    assert (models_dir / SIZE / DATA).read_bytes() == content
+    ranged, fresh = server.gets(url_path(DATA))[-2:]
+    assert (ranged.range, ranged.sent) == (f"bytes={len(content) + 10}-", 0)
     assert (fresh.range, fresh.sent) == (None, len(content))
+
+
+def test_a_file_served_without_content_md5_is_checked_by_its_size(server, models_dir):
+    server.send_md5 = False
+    server.truncate_after[url_path(DATA)] = 1000
+    fetch_model(server.url, models_dir)
+    assert (models_dir / SIZE / DATA).read_bytes() == served(server, DATA)
 
 
 def test_disk_full_fails_mentioning_disk_space(server, models_dir, monkeypatch):

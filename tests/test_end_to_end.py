@@ -5,8 +5,11 @@ OpenAI's bucket serves the real 124M; the expected text is transformers' greedy 
 """
 import filecmp
 import os
+import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -23,9 +26,9 @@ DATA = "/124M/" + DATA_FILE
 
 @pytest.fixture
 def server(tmp_path):
+    """tiny-a served as /124M/<file>, from a copy that a test may damage."""
     served = tmp_path / "served"
-    served.mkdir()
-    os.symlink(reference.fixture_dir("tiny-a"), served / "124M")
+    shutil.copytree(reference.fixture_dir("tiny-a"), served / "124M", ignore=shutil.ignore_patterns(".*"))
     with FixtureServer(served) as server:
         yield server
 
@@ -44,13 +47,18 @@ def expected_text():
     return get_encoder("tiny-a", reference.FIXTURES_DIR).decode(tokens).encode("utf-8"), len(tokens)
 
 
-def run_cli(server, models_dir, n_tokens):
-    env = {k: v for k, v in os.environ.items() if k != download.BASE_URL_ENV}
-    return subprocess.run(
-        [sys.executable, os.path.join(REPO_DIR, "gpt2.py"), reference.CLI_PROMPT,
-         "--n_tokens_to_generate", str(n_tokens), "--models_dir", str(models_dir), "--base_url", server.url],
-        capture_output=True, env=env, timeout=120,
-    )
+def cli_command(server, models_dir, n_tokens, *extra):
+    return [sys.executable, os.path.join(REPO_DIR, "gpt2.py"), reference.CLI_PROMPT,
+            "--n_tokens_to_generate", str(n_tokens), "--models_dir", str(models_dir), "--base_url", server.url, *extra]
+
+
+def cli_env():
+    return {k: v for k, v in os.environ.items() if k != download.BASE_URL_ENV}
+
+
+def run_cli(server, models_dir, n_tokens, *extra):
+    return subprocess.run(cli_command(server, models_dir, n_tokens, *extra), capture_output=True, env=cli_env(),
+                          timeout=120)
 
 
 def assert_one_line_error(result, *fragments):
@@ -62,7 +70,7 @@ def assert_one_line_error(result, *fragments):
 
 
 def assert_downloaded(models_dir):
-    files = sorted(os.listdir(models_dir / "124M"))
+    files = sorted(name for name in os.listdir(models_dir / "124M") if not name.startswith("."))
     assert files == sorted(download.MODEL_FILES), files  # and no .part left behind
     fixture = reference.fixture_dir("tiny-a")
     _, mismatch, errors = filecmp.cmpfiles(fixture, models_dir / "124M", download.MODEL_FILES, shallow=False)
@@ -86,25 +94,88 @@ def test_second_run_makes_no_request(server, models_dir, expected_text):
     assert len(server.requests) == n_requests
 
 
-def test_a_dropped_connection_fails_clearly_and_the_next_run_resumes(server, models_dir, expected_text):
+def test_a_dropped_connection_is_resumed_within_the_run(server, models_dir, expected_text):
     text, n_tokens = expected_text
     server.drop_after[DATA] = 1_000_000
-    assert_one_line_error(run_cli(server, models_dir, n_tokens), "run again to resume")
-    assert not (models_dir / "124M" / DATA_FILE).exists()
     result = run_cli(server, models_dir, n_tokens)
-    assert result.returncode == 0 and result.stdout == text
-    resumed = [r for r in server.requests if r.path == DATA and r.method == "GET"][-1]
-    assert resumed.range == "bytes=1000000-"
+    assert result.returncode == 0 and result.stdout == text, result.stderr.decode()
+    assert [get.range for get in server.gets(DATA)] == [None, "bytes=1000000-"]
     assert_downloaded(models_dir)
 
 
-def test_a_truncated_body_fails_clearly_and_the_next_run_completes(server, models_dir, expected_text):
+def start_slow_download(server, models_dir, min_bytes=200_000):
+    """A CLI run whose data file arrives slowly; returns it once its .part holds min_bytes."""
+    server.chunk_delay = 0.01  # 16 KiB per 10 ms: the 3 MB data file takes about 2 s
+    process = subprocess.Popen(cli_command(server, models_dir, 4), env=cli_env(),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    part = models_dir / "124M" / (DATA_FILE + ".part")
+    deadline = time.monotonic() + 60
+    while not (part.exists() and part.stat().st_size >= min_bytes):
+        assert time.monotonic() < deadline and process.poll() is None, "the download never got going"
+        time.sleep(0.01)
+    return process, part
+
+
+@pytest.mark.parametrize("head", ["allowed", "refused with 405"])
+def test_a_run_killed_mid_download_is_resumed_by_the_next(server, models_dir, expected_text, head):
     text, n_tokens = expected_text
-    server.truncate_after[DATA] = 123_456
-    assert_one_line_error(run_cli(server, models_dir, n_tokens), "ended after 123456 of", "run again")
-    assert not (models_dir / "124M" / DATA_FILE).exists()
-    assert run_cli(server, models_dir, n_tokens).stdout == text
+    process, part = start_slow_download(server, models_dir)
+    process.kill()  # SIGKILL: no chance to clean up
+    process.communicate()
+    kept = part.stat().st_size
+    server.chunk_delay = 0
+    server.head_status = 405 if head != "allowed" else None
+    result = run_cli(server, models_dir, n_tokens)
+    assert result.returncode == 0 and result.stdout == text, result.stderr.decode()
+    assert server.gets(DATA)[-1].range == f"bytes={kept}-"
     assert_downloaded(models_dir)
+
+
+def test_ctrl_c_mid_download_exits_130_and_keeps_the_part_for_resuming(server, models_dir, expected_text):
+    text, n_tokens = expected_text
+    process, part = start_slow_download(server, models_dir)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 130
+    assert b"Traceback" not in stderr
+    assert part.exists() and part.stat().st_size > 0
+    server.chunk_delay = 0
+    assert run_cli(server, models_dir, n_tokens).stdout == text
+    assert server.gets(DATA)[-1].range.startswith("bytes=")
+
+
+@pytest.mark.parametrize("n_runs", [2, 4])
+def test_concurrent_runs_from_an_empty_directory_all_succeed_with_one_download(server, models_dir, expected_text,
+                                                                                 n_runs):
+    text, n_tokens = expected_text
+    server.chunk_delay = 0.002  # long enough for the runs to overlap
+    runs = [subprocess.Popen(cli_command(server, models_dir, n_tokens), env=cli_env(),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(n_runs)]
+    outputs = [run.communicate(timeout=120) for run in runs]
+    assert [run.returncode for run in runs] == [0] * n_runs, [err.decode()[-500:] for _, err in outputs]
+    assert all(out == text for out, _ in outputs)
+    assert_downloaded(models_dir)
+    assert len(server.gets(DATA)) == 1, "one run downloads, the others wait for it"
+    assert any(b"waiting for another run" in err for _, err in outputs)
+
+
+def test_a_flipped_byte_served_without_md5_is_refused_moved_aside_and_fetched_anew(server, models_dir, expected_text):
+    text, n_tokens = expected_text
+    served_data = server.root / "124M" / DATA_FILE
+    good = served_data.read_bytes()
+    damaged = bytearray(good)
+    damaged[len(good) // 2] ^= 0x01
+    served_data.write_bytes(bytes(damaged))
+    server.send_md5 = False  # nothing in HTTP can notice: only the checkpoint's own CRC32C can
+    result = run_cli(server, models_dir, n_tokens)
+    assert_one_line_error(result, DATA_FILE, "tensor model/", "CRC32C", "run again")
+    assert (models_dir / "124M" / (DATA_FILE + ".damaged")).read_bytes() == bytes(damaged)
+    assert not (models_dir / "124M" / DATA_FILE).exists()
+
+    served_data.write_bytes(good)
+    result = run_cli(server, models_dir, n_tokens)
+    assert result.returncode == 0 and result.stdout == text, result.stderr.decode()
+    assert (models_dir / "124M" / DATA_FILE).read_bytes() == good
 
 
 def test_a_404_is_a_one_line_error_naming_the_url(server, models_dir, expected_text):
