@@ -7,16 +7,20 @@ import json
 import math
 import os
 import sys
-from typing import BinaryIO, Iterable, TextIO
+import time
+from typing import TYPE_CHECKING, BinaryIO, Iterable, TextIO
 
 import numpy as np
 
 import gpt2
-from cli_files import completion_record, count_finished_records, read_prompts, read_text
+from cli_files import append_records, completion_record, count_finished_records, read_prompts, read_text
 from download import MODEL_SIZES
 from encoder import Encoder
 from errors import GPT2Error
 from utils import load_encoder_hparams_and_params
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
@@ -179,19 +183,22 @@ def run_prompts_file(args: argparse.Namespace) -> None:
         except gpt2.ContextError as e:
             raise gpt2.ContextError(f"{args.prompts_file} line {number}: {e}") from None
     first = count_finished_records(args.output, prompts) if args.output else 0
-    if args.output:
-        with open(args.output, "ab") as out:
-            write_completions(args, encoder, params, hparams["n_head"], prompts, encoded, first, out)
-    else:
-        write_completions(args, encoder, params, hparams["n_head"], prompts, encoded, first, sys.stdout.buffer)
+    with progress_bar(total=len(prompts), initial=first, unit="prompt", desc="prompts") as bar:
+        if args.output:
+            with open(args.output, "ab") as out:
+                write_completions(args, encoder, params, hparams["n_head"], prompts, encoded, first, out, bar)
+        else:
+            out = sys.stdout.buffer
+            write_completions(args, encoder, params, hparams["n_head"], prompts, encoded, first, out, bar)
 
 
 def write_completions(
     args: argparse.Namespace, encoder: Encoder, params: dict, n_head: int,
-    prompts: list[tuple[int, str]], encoded: list[list[int]], first: int, out: BinaryIO,
+    prompts: list[tuple[int, str]], encoded: list[list[int]], first: int, out: BinaryIO, bar: "tqdm",
 ) -> None:
     """Generate for prompts[first:] in batches, writing each batch's records as soon as it is done."""
     eot_token = None if args.ignore_eos else encoder.eot_token
+    n_new_tokens, started = 0, time.perf_counter()
     for start in range(first, len(prompts), args.batch_size):
         rows = range(start, min(start + args.batch_size, len(prompts)))
         # each prompt draws from its own generator, so a sample does not depend on the batch size
@@ -199,11 +206,12 @@ def write_completions(
         picks = [gpt2.make_picker(args.temperature, args.top_k, args.top_p, seed) for seed in seeds]
         batch = [encoded[row] for row in rows]
         completions = gpt2.generate_completions(batch, params, n_head, args.n_tokens_to_generate, picks, eot_token)
-        out.write(b"".join(completion_record(*prompts[row], encoder.decode(new), new)
-                           for row, new in zip(rows, completions)))
-        out.flush()
-        if out is not sys.stdout.buffer:
-            os.fsync(out.fileno())  # a finished batch survives a crash or a power cut
+        records = b"".join(completion_record(*prompts[row], encoder.decode(new), new)
+                           for row, new in zip(rows, completions))
+        append_records(out, records, durable=out is not sys.stdout.buffer)
+        n_new_tokens += sum(map(len, completions))
+        bar.set_postfix_str(f"{n_new_tokens / (time.perf_counter() - started):.1f} tokens/s", refresh=False)
+        bar.update(len(rows))
 
 
 # ---------------------------------------------------------------- scoring
@@ -218,7 +226,9 @@ def run_score(args: argparse.Namespace) -> None:
     stride = args.stride or hparams["n_ctx"] // 2
     if stride >= hparams["n_ctx"]:  # windows must overlap, or each window's first token has no context
         raise GPT2Error(f"--stride {stride} must be smaller than the model's context ({hparams['n_ctx']} tokens)")
-    logprobs = gpt2.token_logprobs(tokens, params, hparams["n_head"], stride)
+    with progress_bar(total=len(tokens) - 1, unit="token", desc="scoring") as bar:
+        progress = lambda n_scored: bar.update(n_scored - bar.n)
+        logprobs = gpt2.token_logprobs(tokens, params, hparams["n_head"], stride, progress=progress)
     nll = -math.fsum(logprobs.tolist()) / len(logprobs)  # average negative log-likelihood, nats per token
     summary = {"n_tokens_scored": len(logprobs), "avg_nll": nll, "perplexity": math.exp(nll), "stride": stride}
     if args.json:
@@ -230,6 +240,13 @@ def run_score(args: argparse.Namespace) -> None:
         print(f"tokens scored: {len(logprobs)} (the first token has no context)")
         print(f"average negative log-likelihood: {nll:.4f} nats/token")
         print(f"perplexity: {math.exp(nll):.4f}")
+
+
+def progress_bar(**kwargs: object) -> "tqdm":
+    """A tqdm bar on stderr, shown only on a terminal, so that pipes and files stay clean."""
+    from tqdm import tqdm  # here, not at the top: most runs show no bar, and tqdm's import is slow
+
+    return tqdm(file=sys.stderr, disable=not sys.stderr.isatty(), **kwargs)
 
 
 def run(args: argparse.Namespace) -> None:

@@ -1,7 +1,12 @@
 """The files the command line reads and writes: texts to score, prompts files, and JSON Lines output
 that an interrupted run can continue."""
+import contextlib
 import json
+import os
+import signal
 import sys
+import threading
+from typing import BinaryIO, Iterator
 
 from errors import GPT2Error
 
@@ -86,3 +91,27 @@ def count_finished_records(path: str, prompts: list[tuple[int, str]]) -> int:
         with open(path, "r+b") as f:
             f.truncate(len(data) - len(cut_off))
     return len(lines)
+
+
+@contextlib.contextmanager
+def interrupts_held() -> Iterator[None]:
+    """Ctrl-C (SIGINT) waits until the block is done; it is delivered, as KeyboardInterrupt, right after."""
+    if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def append_records(out: BinaryIO, records: bytes, durable: bool) -> None:
+    """Write whole records: an interrupt cannot cut one in half, and with durable (a file, not a
+    pipe) they are on disk before the next batch starts, so a crash or power cut keeps them."""
+    with interrupts_held():
+        out.write(records)
+        out.flush()
+        if durable:
+            os.fsync(out.fileno())
+

@@ -28,6 +28,7 @@ punctuation, to a tokenizer built on an older Unicode version (tiktoken, today).
 differ in some contexts, e.g. when such a character is followed by "'s"; tests/tokenizer_cases.py
 lists those characters, and tests/requirements.txt pins the versions compared.
 """
+import heapq
 import json
 import os
 
@@ -42,9 +43,11 @@ SPLIT_PATTERN = regex.compile(
 )
 
 # Words repeat a lot in real text, so merging results are remembered per word. The cache is
-# emptied when it grows past this size, so that encoding endless varied input cannot use
-# endless memory.
+# emptied when it grows past CACHE_SIZE words, and words longer than CACHED_WORD_LENGTH characters
+# (a base64 blob, a long number: they rarely repeat) are not kept, so that encoding endless varied
+# input cannot use endless memory: a few megabytes at most.
 CACHE_SIZE = 50_000
+CACHED_WORD_LENGTH = 64
 
 
 def get_encoder(model_size: str, models_dir: str) -> "Encoder":
@@ -99,43 +102,60 @@ class Encoder:
         return symbols.translate(self.symbols_to_latin1).encode("latin-1")
 
     def encode_word(self, word: str) -> list[int]:
-        """Token ids of one pre-tokenized word, remembered in the cache."""
-        if word not in self.cache:
+        """Token ids of one pre-tokenized word, remembered in the cache if it is short."""
+        if word in self.cache:
+            return self.cache[word]
+        symbols = "".join(self.byte_encoder[byte] for byte in word.encode("utf-8"))
+        tokens = [self.encoder[part] for part in self.bpe(symbols)]
+        if len(word) <= CACHED_WORD_LENGTH:
             if len(self.cache) >= CACHE_SIZE:
                 self.cache.clear()
-            symbols = "".join(self.byte_encoder[byte] for byte in word.encode("utf-8"))
-            self.cache[word] = [self.encoder[part] for part in self.bpe(symbols)]
-        return self.cache[word]
+            self.cache[word] = tokens
+        return tokens
 
     def bpe(self, symbols: str) -> list[str]:
-        """Split a word written in byte symbols into vocabulary tokens by applying merges."""
-        parts = list(symbols)
-        while len(parts) > 1:
-            pairs = zip(parts, parts[1:])
-            best = min(pairs, key=lambda pair: self.bpe_ranks.get(pair, float("inf")))
-            if best not in self.bpe_ranks:
-                break  # no adjacent pair can be merged: done
-            parts = merge_pair(parts, best)
-        return parts
+        """Split a word written in byte symbols into vocabulary tokens by applying merges.
 
+        The merges are applied one at a time, the lowest rank first and, among equal ranks, the
+        leftmost first. Rescanning the word for the best pair after every merge would cost time
+        growing with the square of its length (a 100,000-letter word took minutes), so the
+        candidate pairs wait in a heap, ordered by (rank, position), and the parts form a linked
+        list: each merge joins two neighbours and offers the two new pairs it creates. A heap
+        entry whose pair has changed since it was pushed is stale and skipped.
 
-def merge_pair(parts: list[str], pair: tuple[str, str]) -> list[str]:
-    """Replace every occurrence of `pair` in `parts` by the joined string.
+        This gives the ids of OpenAI's loop, which merges every occurrence of the best pair, left
+        to right, before looking for the next best: overlaps go to the left ("a", "a", "a" -> "aa",
+        "a"), and a merge never creates a pair ranked below the one being merged, since a merge
+        is listed after the merges that make its parts.
+        """
+        parts: list[str | None] = list(symbols)  # parts[i] is None once merged into its left neighbour
+        if len(parts) < 2:
+            return parts
+        ranks = self.bpe_ranks
+        following = [*range(1, len(parts)), -1]  # index of the next live part (-1: none)
+        preceding = list(range(-1, len(parts) - 1))
+        heap = [(ranks[pair], i) for i, pair in enumerate(zip(parts, parts[1:])) if pair in ranks]
+        heapq.heapify(heap)
+        while heap:
+            rank, i = heapq.heappop(heap)
+            j = following[i]
+            if parts[i] is None or j < 0 or ranks.get((parts[i], parts[j])) != rank:
+                continue  # stale: one of the two parts was merged into something else since
+            parts[i] += parts[j]  # [.., parts[i], parts[j], ..] -> [.., parts[i] + parts[j], ..]
+            parts[j] = None
+            following[i] = k = following[j]
+            if k >= 0:
+                preceding[k] = i
+                self.offer(heap, parts, i, k)
+            if preceding[i] >= 0:
+                self.offer(heap, parts, preceding[i], i)
+        return [part for part in parts if part is not None]
 
-    Scanning left to right decides overlaps the way OpenAI's code does: ("a", "a") in a, a, a
-    gives aa, a.
-    """
-    first, second = pair
-    merged = []
-    i = 0
-    while i < len(parts):
-        if i + 1 < len(parts) and parts[i] == first and parts[i + 1] == second:
-            merged.append(first + second)
-            i += 2
-        else:
-            merged.append(parts[i])
-            i += 1
-    return merged
+    def offer(self, heap: list, parts: list, left: int, right: int) -> None:
+        """Push the pair of parts[left] and parts[right] onto the heap, if it is a merge."""
+        rank = self.bpe_ranks.get((parts[left], parts[right]))
+        if rank is not None:
+            heapq.heappush(heap, (rank, left))
 
 
 def bytes_to_unicode() -> dict[int, str]:

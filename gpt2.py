@@ -266,12 +266,13 @@ def target_logprobs(x, wte, targets, rows_at_once=256):  # [n, n_embd], [n] -> [
     return out
 
 
-def token_logprobs(tokens, params, n_head, stride, rows_at_once=256):  # [n_tokens] -> [n_tokens - 1]
+def token_logprobs(tokens, params, n_head, stride, rows_at_once=256, progress=None):  # [n_tokens] -> [n_tokens - 1]
     """log p(tokens[i] | earlier tokens) for i >= 1, with a sliding window for texts longer than n_ctx.
 
     Windows of n_ctx tokens start every `stride` tokens; each scores only the tokens that no earlier
     window scored, so every token but the first is scored once, with at least n_ctx - stride tokens
     of context once the text is longer than a window (HuggingFace's perplexity guide does the same).
+    progress(n_scored), if given, is called after each window.
     """
     tokens = np.asarray(tokens)
     n_ctx = params["wpe"].shape[0]
@@ -286,6 +287,8 @@ def token_logprobs(tokens, params, n_head, stride, rows_at_once=256):  # [n_toke
         targets = tokens[scored:end]
         logprobs[scored - 1 : end - 1] = target_logprobs(predictors, params["wte"], targets, rows_at_once)
         scored = end
+        if progress is not None:
+            progress(scored - 1)
         if end == len(tokens):
             break
     return logprobs

@@ -34,6 +34,8 @@ What the numbers mean:
   different 10-token prompts at once, 40 new tokens each, the pass over the prompts included.
 - start-up: in a fresh process (bench/startup.py), the time to `import gpt2, utils` and call
   utils.load_encoder_hparams_and_params (warm page cache).
+- tokenizer (bench/tokenizer.py): encoder.py and tiktoken on a 100,000-letter word and on 2 MB of
+  mixed text, the word cache emptied first.
 """
 import argparse
 import json
@@ -52,7 +54,6 @@ import numpy as np
 from harness import (
     BENCH_DIR,
     REPO_DIR,
-    TRIES,
     Samples,
     limit_threads,
     run_measured,
@@ -62,6 +63,9 @@ from harness import (
 )
 
 sys.path.insert(0, REPO_DIR)
+
+from report import BATCH_SIZES, check_targets, compute_figures, format_table  # noqa: E402
+from tokenizer import measure_tokenizer  # noqa: E402
 
 import gpt2  # noqa: E402
 import gpt2_pico  # noqa: E402
@@ -78,7 +82,6 @@ LONG_PROMPT_TOKENS = 500
 CLI_NEW_TOKENS = 40
 FULL = dict(rounds=5, short_new=100, long_new=200, pico_new=20, matrix_passes=20, max_wait=30, batch_new=40)
 QUICK = dict(rounds=1, short_new=10, long_new=10, pico_new=3, matrix_passes=5, max_wait=5, batch_new=5)
-BATCH_SIZES = (1, 4, 8)  # --prompts_file throughput: prompts generated together
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -278,95 +281,6 @@ def measure_startup(samples: Samples, size: str, cache_dir: str, rounds: int) ->
         samples.measure("startup_seconds", lambda: float(run_measured(command)[3]))
 
 
-# ---------------------------------------------------------------- figures, targets, report
-
-
-def compute_figures(samples: Samples, counts: dict, weights_bytes: int) -> dict[str, float]:
-    m = {name: statistics.median(values) for name, values in samples.items()}
-    figures = {
-        "weights_file_bytes": weights_bytes,
-        "matrix_only_bound_tokens_per_s": 1 / m["matrix_only_step"],
-        "startup_seconds": m["startup_seconds"],
-        "pico_decode_short_tokens_per_s": counts["pico_new"] / m["pico_decode_short"],
-    }
-    for engine in ("ours", "transformers"):
-        for label in ("short", "long"):
-            figures[f"{engine}_prefill_{label}_seconds"] = m[f"{engine}_prefill_{label}"]
-            figures[f"{engine}_decode_{label}_tokens_per_s"] = counts[f"{label}_new"] / m[f"{engine}_decode_{label}"]
-    for size in BATCH_SIZES:  # new tokens of all prompts per second, the pass over the prompts included
-        figures[f"ours_batch{size}_tokens_per_s"] = size * counts["batch_new"] / m[f"ours_batch{size}"]
-    for engine in ("ours", "transformers", "pico"):
-        for figure in ("seconds", "cpu_seconds", "peak_rss_bytes"):
-            figures[f"{engine}_cli_{figure}"] = m[f"{engine}_cli_{figure}"]
-    return figures
-
-
-def target(name: str, value: float, relation: str, threshold: float) -> dict:
-    passed = value >= threshold if relation == ">=" else value <= threshold
-    return {"target": name, "value": value, "relation": relation, "threshold": threshold, "pass": bool(passed)}
-
-
-def check_targets(f: dict[str, float]) -> list[dict]:
-    decode_short = f["ours_decode_short_tokens_per_s"]
-    bound, theirs = f["matrix_only_bound_tokens_per_s"], f["transformers_decode_short_tokens_per_s"]
-    prefill_ratio = f["transformers_prefill_long_seconds"] / f["ours_prefill_long_seconds"]
-    return [
-        target("decode after 10 tokens / matrix-only bound", decode_short / bound, ">=", 0.85),
-        target("decode after 10 tokens / transformers'", decode_short / theirs, ">=", 2.0),
-        target("decode after 500 tokens (tokens/s)", f["ours_decode_long_tokens_per_s"], ">=", 45.0),
-        target("prefill 500 tokens: transformers' time / ours", prefill_ratio, ">=", 1.0),
-        target("whole CLI: transformers' time / ours", f["transformers_cli_seconds"] / f["ours_cli_seconds"], ">=", 5),
-        target("CLI peak RSS / weights file", f["ours_cli_peak_rss_bytes"] / f["weights_file_bytes"], "<=", 1.15),
-        target("start-up: import + load (s)", f["startup_seconds"], "<=", 0.5),
-    ]
-
-
-def format_table(f: dict[str, float], targets: list[dict], info: dict) -> str:
-    def row(label: str, figure: str, fmt: Callable, engines: tuple = ("ours", "transformers", "pico")) -> str:
-        cells = [fmt(f[figure.format(e)]) if figure.format(e) in f else f"{'-':>10}" for e in engines]
-        return f"{label:36}" + "".join(cells)
-
-    ms = lambda s: f"{1000 * s:10.1f}"
-    rate = lambda r: f"{r:10.1f}"
-    sec = lambda s: f"{s:10.2f}"
-    mib = lambda b: f"{b / 2**20:10.0f}"
-    rows = [
-        row("prefill, 10-token prompt (ms)", "{}_prefill_short_seconds", ms),
-        row("prefill, 500-token prompt (ms)", "{}_prefill_long_seconds", ms),
-        row("decode after 10 tokens (tokens/s)", "{}_decode_short_tokens_per_s", rate),
-        row("decode after 500 tokens (tokens/s)", "{}_decode_long_tokens_per_s", rate),
-        row("whole CLI, 40 tokens: wall (s)", "{}_cli_seconds", sec),
-        row("  its CPU time, user + system (s)", "{}_cli_cpu_seconds", sec),
-        row("  its peak RSS (MiB)", "{}_cli_peak_rss_bytes", mib),
-    ]
-    lines = [
-        f"GPT-2 {info['model']} shapes (random weights), {info['threads']} threads, median of {info['rounds']} rounds"
-        + (" (QUICK: rough figures)" if info["quick"] else ""),
-        f"transformers {info['transformers_version']} ({info['transformers_attention']} attention), "
-        f"torch {info['torch_version']}, numpy {info['numpy_version']}, Python {info['python']}",
-        f"load average {info['load_average_start'][0]:.1f} at start, {info['load_average_end'][0]:.1f} at end "
-        f"({os.cpu_count()} CPUs); measurements disturbed by other processes even after {TRIES} tries: "
-        f"{info['disturbed_share']:.0%}",
-        "",
-        f"{'':36}{'ours':>10}{'transf.':>10}{'pico':>10}",
-        *rows,
-        "",
-        f"{'matrix-only bound (tokens/s)':36}{rate(f['matrix_only_bound_tokens_per_s'])}",
-        f"{'weights file (MiB)':36}{mib(f['weights_file_bytes'])}",
-        f"{'start-up: import + load (s)':36}{f['startup_seconds']:10.3f}",
-        *[f"{f'ours, batch of {size} prompts (tokens/s)':36}{rate(f[f'ours_batch{size}_tokens_per_s'])}"
-          for size in BATCH_SIZES],
-        f"greedy tokens, ours vs transformers: {info['greedy_tokens_agreeing']} of "
-        f"{info['greedy_tokens_compared']} agree",
-        "",
-        "targets",
-    ]
-    for t in targets:
-        verdict = "PASS" if t["pass"] else "FAIL"
-        lines.append(f"  {verdict}  {t['target']:48}{t['value']:9.3f} {t['relation']} {t['threshold']}")
-    return "\n".join(lines)
-
-
 def run_info(
     args: argparse.Namespace, counts: dict, model: "transformers.GPT2LMHeadModel", agreement: dict, samples: Samples,
     load_start: tuple[float, float, float],
@@ -411,6 +325,10 @@ def main(argv: list[str] | None = None) -> None:
     print("whole processes: ours / transformers / pico, alternating", flush=True)
     measure_processes(samples, cli_commands(args.model, cache_dir, hf_dir, args.threads), counts)
     measure_startup(samples, args.model, cache_dir, counts["rounds"])
+    print("tokenizer: ours / tiktoken", flush=True)
+    encoder = utils.load_encoder(args.model, cache_dir)
+    for _ in range(counts["rounds"]):
+        measure_tokenizer(samples, encoder, model_dir)
 
     data_file = os.path.join(model_dir, utils.CHECKPOINT_PREFIX + tf_checkpoint.DATA_SUFFIX)
     figures = compute_figures(samples, counts, os.path.getsize(data_file))

@@ -7,7 +7,9 @@ import hashlib
 import importlib.util
 import json
 import os
+import random
 import shutil
+import string
 
 import pytest
 import regex
@@ -304,6 +306,74 @@ def test_cache_stays_within_its_size_limit(vocab_dir, monkeypatch):
     first = [fresh.encode(w) for w in words]
     assert len(fresh.cache) <= 10
     assert [fresh.encode(w) for w in words] == first  # emptying the cache changes no result
+
+
+def test_a_long_word_is_not_kept_in_the_cache(enc):
+    """A long word rarely repeats; keeping it would let the cache grow to megabytes."""
+    word = "x" * (encoder.CACHED_WORD_LENGTH + 1)
+    enc.encode(word)
+    assert word not in enc.cache
+    enc.encode("short")
+    assert "short" in enc.cache
+
+
+# ---------------------------------------------------------------- long words
+
+
+def long_words() -> dict[str, str]:
+    """Texts that are one long word, or few: ordinary input to --score that is not prose."""
+    rng = random.Random(9)
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+    return {
+        "100,000 random letters": "".join(rng.choice(string.ascii_letters) for _ in range(100_000)),
+        "100,000 letters, one repeated": "a" * 100_000,
+        "a 100,000-digit number": "".join(rng.choice(string.digits) for _ in range(100_000)),
+        "50,000 characters of base64": "".join(rng.choice(alphabet) for _ in range(50_000)) + "==",
+        "30,000 CJK characters": "".join(chr(rng.randrange(0x4E00, 0x9FFF)) for _ in range(30_000)),
+        "minified code": "".join(f"var a{i}=b{i}*{i}||c[{i}];" for i in range(3000)),
+    }
+
+
+@pytest.mark.parametrize("name", list(long_words()))
+def test_long_words_give_tiktokens_ids(enc, tik, name):
+    text = long_words()[name]
+    ours, expected = enc.encode_ordinary(text), tik.encode_ordinary(text)
+    assert ours == expected, describe(first_mismatch([text], enc.encode_ordinary, tik.encode_ordinary))
+
+
+class CountingRanks(dict):
+    """bpe_ranks that counts its look-ups: the merge loop's work, free of timing noise."""
+
+    lookups = 0
+
+    def get(self, key, default=None):
+        CountingRanks.lookups += 1
+        return super().get(key, default)
+
+    def __getitem__(self, key):
+        CountingRanks.lookups += 1
+        return super().__getitem__(key)
+
+    def __contains__(self, key):
+        CountingRanks.lookups += 1
+        return super().__contains__(key)
+
+
+def merge_lookups(enc, word) -> int:
+    counting = Encoder(enc.encoder, [])
+    counting.bpe_ranks = CountingRanks(enc.bpe_ranks)
+    CountingRanks.lookups = 0
+    counting.encode_ordinary(word)
+    return CountingRanks.lookups
+
+
+def test_merging_work_grows_linearly_with_a_words_length(enc):
+    """Doubling a word's length doubles the merge loop's look-ups (a loop that rescans the word
+    after each merge would quadruple them). Heap operations add a log factor on top, no more."""
+    rng = random.Random(4)
+    word = "".join(rng.choice(string.ascii_lowercase) for _ in range(16_000))
+    short, long = merge_lookups(enc, word[:8_000]), merge_lookups(enc, word)
+    assert 1.8 <= long / short <= 2.2, (short, long)
 
 
 # ---------------------------------------------------------------- damaged files
