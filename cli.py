@@ -8,15 +8,17 @@ import math
 import os
 import sys
 import time
-from typing import TYPE_CHECKING, BinaryIO, Iterable, TextIO
+from typing import TYPE_CHECKING, BinaryIO, Callable, Iterable, TextIO
 
 import numpy as np
 
 import gpt2
-from cli_files import append_records, completion_record, count_finished_records, read_prompts, read_text
+import sampling
+from cli_files import Prompt, append_records, completion_record, count_finished_records, read_prompts, read_text
 from download import MODEL_SIZES
 from encoder import Encoder
-from errors import GPT2Error
+from errors import GPT2Error, UsageError
+from stop_text import StopWatcher, parse_escapes
 from utils import load_encoder_hparams_and_params
 
 if TYPE_CHECKING:
@@ -56,6 +58,30 @@ def probability(text: str) -> float:
     return value
 
 
+def penalty_factor(text: str) -> float:
+    value = float(text)
+    if not (value > 0 and math.isfinite(value)):  # also rejects nan
+        raise ValueError(text)
+    return value
+
+
+def openai_penalty(text: str) -> float:
+    value = float(text)
+    if not -2 <= value <= 2:  # OpenAI's range; also rejects nan
+        raise ValueError(text)
+    return value
+
+
+def stop_text(text: str) -> str:
+    try:
+        value = parse_escapes(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    if not value:
+        raise argparse.ArgumentTypeError("a stop text cannot be empty")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineErrorParser(
         prog="gpt2.py",
@@ -83,6 +109,16 @@ def build_parser() -> argparse.ArgumentParser:
     sampling("--ignore_eos", action="store_true", help="keep going after <|endoftext|> instead of stopping")
     sampling("--show_probs", type=non_negative_int, default=0, metavar="K",
              help="print the top K candidates of every step on stderr")
+    sampling("--stop", type=stop_text, action="append", metavar="TEXT",
+             help=r"end where the continuation first contains TEXT (repeatable; \n, \t, \xHH, \uHHHH understood)")
+    sampling("--repetition_penalty", type=penalty_factor, default=1.0, metavar="R",
+             help="penalise every token already in prompt or continuation (transformers' semantics; 1: off)")
+    sampling("--frequency_penalty", type=openai_penalty, default=0.0, metavar="F",
+             help="subtract F x (times generated) from a token's logit (OpenAI's semantics; -2 to 2)")
+    sampling("--presence_penalty", type=openai_penalty, default=0.0, metavar="P",
+             help="subtract P from the logit of every token generated so far (OpenAI's semantics; -2 to 2)")
+    sampling("--context_keep", type=positive_int, default=None, metavar="K",
+             help="past the context window, go on from the last K tokens, below n_ctx (default: n_ctx // 2)")
     batch = parser.add_argument_group("many prompts").add_argument
     batch("--prompts_file", metavar="PATH",
           help='generate for each line of PATH (of a .jsonl file: each {"prompt": ...}); prints JSON Lines')
@@ -111,6 +147,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ]:
         if value and mode is None:
             parser.error(f"{option} goes with {needs}")
+    if args.score is not None:
+        generating_only = [("--stop", args.stop), ("--repetition_penalty", args.repetition_penalty != 1),
+                           ("--frequency_penalty", args.frequency_penalty),
+                           ("--presence_penalty", args.presence_penalty), ("--context_keep", args.context_keep)]
+        for option, value in generating_only:
+            if value:
+                parser.error(f"{option} goes with a prompt or --prompts_file, not --score")
     return args
 
 
@@ -130,18 +173,24 @@ def describe_step(encoder: Encoder, step: int, logits: np.ndarray, token: int, k
 
 
 def stream_continuation(
-    encoder: Encoder, steps: Iterable, eot_token: int | None, show_probs: int, out: BinaryIO, err: TextIO
+    encoder: Encoder, steps: Iterable, eot_token: int | None, show_probs: int, out: BinaryIO, err: TextIO,
+    stops: list[str] = (),
 ) -> None:
-    """Write each token's text to `out` as soon as it forms complete UTF-8 characters; stop at eot_token."""
+    """Write each token's text to `out` as soon as it forms complete UTF-8 characters and cannot be
+    the start of a stop text; stop at eot_token or at the first stop text (which is not written)."""
     utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")  # holds back a split character
+    watcher = StopWatcher(stops)
     for step, (token, logits) in enumerate(steps):
         if show_probs:
             print(describe_step(encoder, step, logits, token, show_probs), file=err, flush=True)
         if token == eot_token:
             break
-        out.write(utf8.decode(encoder.decode_bytes([token])).encode("utf-8"))
+        out.write(watcher.feed(utf8.decode(encoder.decode_bytes([token]))).encode("utf-8"))
         out.flush()
-    out.write(utf8.decode(b"", final=True).encode("utf-8"))  # a character cut off at the end: U+FFFD
+        if watcher.stopped:
+            break
+    # a character cut off at the end: U+FFFD, as encoder.decode gives
+    out.write((watcher.feed(utf8.decode(b"", final=True)) + watcher.finish()).encode("utf-8"))
     out.flush()
 
 
@@ -149,20 +198,49 @@ def load_model(args: argparse.Namespace) -> tuple[Encoder, dict, dict]:
     models_dir = args.models_dir or "models"
     if args.models_dir is not None and not os.path.isdir(models_dir):  # a typo should not start a download elsewhere
         raise GPT2Error(f"--models_dir {models_dir} is not a directory: create it or check the path")
-    return load_encoder_hparams_and_params(args.model_size, models_dir, args.base_url, args.verify)
+    encoder, hparams, params = load_encoder_hparams_and_params(args.model_size, models_dir, args.base_url, args.verify)
+    check_keep(args, hparams["n_ctx"])  # the first moment n_ctx is known; the weights are only mapped yet
+    return encoder, hparams, params
+
+
+def make_picker(args: argparse.Namespace, seed: object, prompt: list[int]) -> Callable:
+    return sampling.make_picker(args.temperature, args.top_k, args.top_p, seed, args.repetition_penalty,
+                                args.frequency_penalty, args.presence_penalty, prompt)
+
+
+def check_keep(args: argparse.Namespace, n_ctx: int) -> None:
+    """--context_keep must leave room for a new token: 1 .. n_ctx - 1 (known once hparams are read)."""
+    if args.context_keep is not None and args.context_keep >= n_ctx:
+        raise UsageError(f"argument --context_keep: {args.context_keep} must be below the model's context "
+                         f"of {n_ctx} tokens")
+
+
+def say_shift_once(n_ctx: int, keep: int) -> Callable:
+    """on_shift for the generators: one line on stderr the first time a window is full."""
+    said = []
+
+    def on_shift(rows: list[int], step: int) -> None:
+        if not said:
+            said.append(step)
+            print(f"gpt2.py: the context window ({n_ctx} tokens) is full: going on from the last {keep} "
+                  "tokens (--context_keep sets how many)", file=sys.stderr, flush=True)
+
+    return on_shift
 
 
 def run_prompt(args: argparse.Namespace) -> None:
     encoder, hparams, params = load_model(args)
     inputs = encoder.encode(args.prompt) or [encoder.eot_token]  # empty prompt: start a new document
-    gpt2.check_context(len(inputs), args.n_tokens_to_generate, hparams["n_ctx"])
-    pick = gpt2.make_picker(args.temperature, args.top_k, args.top_p, args.seed)
-    steps = gpt2.generate_steps(inputs, params, hparams["n_head"], args.n_tokens_to_generate, pick)
+    gpt2.check_context(len(inputs), hparams["n_ctx"])
+    pick = make_picker(args, args.seed, inputs)
+    keep = args.context_keep or hparams["n_ctx"] // 2
+    steps = gpt2.generate_steps(inputs, params, hparams["n_head"], args.n_tokens_to_generate, pick, keep,
+                                say_shift_once(hparams["n_ctx"], keep))
     eot_token = None if args.ignore_eos else encoder.eot_token
     # on one terminal, text streamed between the --show_probs rows would break them: text after rows
     one_terminal = args.show_probs and sys.stdout.isatty() and sys.stderr.isatty()
     out = io.BytesIO() if one_terminal else sys.stdout.buffer
-    stream_continuation(encoder, steps, eot_token, args.show_probs, out, sys.stderr)
+    stream_continuation(encoder, steps, eot_token, args.show_probs, out, sys.stderr, args.stop or [])
     if one_terminal:
         sys.stdout.buffer.write(out.getvalue())
         sys.stdout.flush()
@@ -176,12 +254,12 @@ def run_prompt(args: argparse.Namespace) -> None:
 def run_prompts_file(args: argparse.Namespace) -> None:
     prompts = read_prompts(args.prompts_file)  # all of it is checked before the model loads
     encoder, hparams, params = load_model(args)
-    encoded = [encoder.encode(prompt) or [encoder.eot_token] for _, prompt in prompts]
-    for (number, _), tokens in zip(prompts, encoded):  # every prompt must fit before any work starts
+    encoded = [encoder.encode(prompt.text) or [encoder.eot_token] for prompt in prompts]
+    for prompt, tokens in zip(prompts, encoded):  # every prompt must fit before any work starts
         try:
-            gpt2.check_context(len(tokens), args.n_tokens_to_generate, hparams["n_ctx"])
+            gpt2.check_context(len(tokens), hparams["n_ctx"])
         except gpt2.ContextError as e:
-            raise gpt2.ContextError(f"{args.prompts_file} line {number}: {e}") from None
+            raise gpt2.ContextError(f"{args.prompts_file} line {prompt.line}: {e}") from None
     first = count_finished_records(args.output, prompts) if args.output else 0
     with progress_bar(total=len(prompts), initial=first, unit="prompt", desc="prompts") as bar:
         if args.output:
@@ -194,24 +272,54 @@ def run_prompts_file(args: argparse.Namespace) -> None:
 
 def write_completions(
     args: argparse.Namespace, encoder: Encoder, params: dict, n_head: int,
-    prompts: list[tuple[int, str]], encoded: list[list[int]], first: int, out: BinaryIO, bar: "tqdm",
+    prompts: list[Prompt], encoded: list[list[int]], first: int, out: BinaryIO, bar: "tqdm",
 ) -> None:
     """Generate for prompts[first:] in batches, writing each batch's records as soon as it is done."""
     eot_token = None if args.ignore_eos else encoder.eot_token
+    n_ctx = params["wpe"].shape[0]
+    keep = args.context_keep or n_ctx // 2
+    on_shift = say_shift_once(n_ctx, keep)
     n_new_tokens, started = 0, time.perf_counter()
     for start in range(first, len(prompts), args.batch_size):
         rows = range(start, min(start + args.batch_size, len(prompts)))
         # each prompt draws from its own generator, so a sample does not depend on the batch size
-        seeds = [None if args.seed is None else [args.seed, row] for row in rows]
-        picks = [gpt2.make_picker(args.temperature, args.top_k, args.top_p, seed) for seed in seeds]
+        picks = [make_picker(args, None if args.seed is None else [args.seed, row], encoded[row]) for row in rows]
+        stops = [args.stop or [] if prompts[row].stop is None else prompts[row].stop for row in rows]
         batch = [encoded[row] for row in rows]
-        completions = gpt2.generate_completions(batch, params, n_head, args.n_tokens_to_generate, picks, eot_token)
-        records = b"".join(completion_record(*prompts[row], encoder.decode(new), new)
-                           for row, new in zip(rows, completions))
+        steps = gpt2.generate_batch_steps(batch, params, n_head, args.n_tokens_to_generate, picks, keep, on_shift)
+        completions = collect_completions(encoder, steps, eot_token, stops)
+        records = b"".join(completion_record(prompts[row].line, prompts[row].text, text, tokens)
+                           for row, (tokens, text) in zip(rows, completions))
         append_records(out, records, durable=out is not sys.stdout.buffer)
-        n_new_tokens += sum(map(len, completions))
+        n_new_tokens += sum(len(tokens) for tokens, _ in completions)
         bar.set_postfix_str(f"{n_new_tokens / (time.perf_counter() - started):.1f} tokens/s", refresh=False)
         bar.update(len(rows))
+
+
+def collect_completions(
+    encoder: Encoder, steps: Iterable, eot_token: int | None, stops: list[list[str]]
+) -> list[tuple[list[int], str]]:
+    """(tokens, text) of each row: a row is done at eot_token (not included) or once its text contains
+    one of its stop texts (its tokens then include the one that completed the stop text; its text
+    ends before the stop text)."""
+    tokens = [[] for _ in stops]
+    utf8 = [codecs.getincrementaldecoder("utf-8")(errors="replace") for _ in stops]
+    watchers = [StopWatcher(row_stops) for row_stops in stops]
+    texts = [""] * len(stops)
+    done = [False] * len(stops)
+    for new_tokens, _ in steps:
+        for row, token in enumerate(new_tokens):
+            if done[row] or token == eot_token:
+                done[row] = True
+                continue
+            tokens[row].append(token)
+            texts[row] += watchers[row].feed(utf8[row].decode(encoder.decode_bytes([token])))
+            done[row] = watchers[row].stopped
+        if all(done):
+            break
+    for row, watcher in enumerate(watchers):
+        texts[row] += watcher.feed(utf8[row].decode(b"", final=True)) + watcher.finish()
+    return list(zip(tokens, texts))
 
 
 # ---------------------------------------------------------------- scoring
@@ -266,6 +374,9 @@ def main(argv: list[str] | None = None) -> None:
 
             threadpool_limits(args.threads)
         run(args)
+    except UsageError as e:  # like argparse's errors
+        print(f"gpt2.py: error: {e} (see --help)", file=sys.stderr)
+        sys.exit(2)
     except GPT2Error as e:
         sys.exit(f"gpt2.py: error: {e}")
     except MemoryError:

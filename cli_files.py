@@ -6,7 +6,7 @@ import os
 import signal
 import sys
 import threading
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Iterator, NamedTuple
 
 from errors import GPT2Error
 
@@ -28,29 +28,38 @@ def read_text(path: str) -> str:
         raise GPT2Error(f"{name} is not UTF-8 text (byte {e.start}); convert it to UTF-8") from None
 
 
-def read_prompts(path: str) -> list[tuple[int, str]]:
-    """[(line number, prompt)] from a file: one prompt per line, or in a .jsonl file one JSON object
-    per line with a "prompt" string. Empty lines are skipped; every other line must be valid."""
+class Prompt(NamedTuple):
+    line: int  # its line number in the prompts file
+    text: str
+    stop: list[str] | None  # a JSON Lines record's own "stop" list; None: the command line's --stop
+
+
+def read_prompts(path: str) -> list[Prompt]:
+    """The prompts of a file: one per line, or in a .jsonl file one JSON object per line with a
+    "prompt" string and, optionally, a "stop" list. Empty lines are skipped; every other line must be valid."""
     as_json = path.lower().endswith(JSONL_SUFFIXES)
     prompts = []
     for number, line in enumerate(read_text(path).split("\n"), start=1):
         line = line.removesuffix("\r")
         if not line:
             continue
-        prompts.append((number, parse_json_prompt(line, path, number) if as_json else line))
+        prompts.append(parse_json_prompt(line, path, number) if as_json else Prompt(number, line, None))
     if not prompts:
         raise GPT2Error(f"{path} has no prompts: write one prompt per line")
     return prompts
 
 
-def parse_json_prompt(line: str, path: str, number: int) -> str:
+def parse_json_prompt(line: str, path: str, number: int) -> Prompt:
     try:
         record = json.loads(line)
     except ValueError as e:
         raise GPT2Error(f"{path} line {number} is not valid JSON ({e})") from None
     if not isinstance(record, dict) or not isinstance(record.get("prompt"), str):
         raise GPT2Error(f'{path} line {number} has no "prompt" string: write {{"prompt": "your text"}}')
-    return record["prompt"]
+    stop = record.get("stop")
+    if stop is not None and not (isinstance(stop, list) and all(isinstance(s, str) and s for s in stop)):
+        raise GPT2Error(f'{path} line {number}: "stop" must be a list of non-empty strings, e.g. ["\\n\\n", "END"]')
+    return Prompt(number, record["prompt"], stop)
 
 
 def completion_record(line: int, prompt: str, completion: str, tokens: list[int]) -> bytes:
@@ -59,7 +68,7 @@ def completion_record(line: int, prompt: str, completion: str, tokens: list[int]
     return (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
 
 
-def count_finished_records(path: str, prompts: list[tuple[int, str]]) -> int:
+def count_finished_records(path: str, prompts: list[Prompt]) -> int:
     """How many prompts an earlier run with the same prompts already wrote to `path` (0 if no file).
 
     Each complete line must be the record of the prompt at that place, or we stop rather than mix
@@ -80,7 +89,7 @@ def count_finished_records(path: str, prompts: list[tuple[int, str]]) -> int:
             record = json.loads(line)
         except ValueError:
             record = None
-        if i >= len(prompts) or not isinstance(record, dict) or record.get("prompt") != prompts[i][1]:
+        if i >= len(prompts) or not isinstance(record, dict) or record.get("prompt") != prompts[i].text:
             raise GPT2Error(
                 f"--output {path} line {i + 1} is not this run's record for prompt {i + 1}; "
                 "use another --output (or the same arguments as the run that wrote it)"

@@ -12,3 +12,8 @@ class GPT2Error(Exception):
 
 class ContextError(GPT2Error, ValueError):
     """The prompt and the tokens to generate do not fit the model's context."""
+
+
+class UsageError(GPT2Error):
+    """An option's value that only the model can rule out (e.g. --context_keep >= n_ctx): exit status 2."""
+

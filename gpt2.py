@@ -152,14 +152,12 @@ def new_kv_cache(params, n_head, n_batch, n_tokens):  # -> n_layer x ([B, H, D, 
     return list(zip(keys, values))
 
 
-def check_context(n_prompt, n_tokens_to_generate, n_ctx):
+def check_context(n_prompt, n_ctx):
     if n_prompt < 1:
         raise ContextError("a prompt is empty: start from [encoder.eot_token] for an unconditional sample")
-    if n_prompt + n_tokens_to_generate > n_ctx:
-        raise ContextError(
-            f"the prompt ({n_prompt} tokens) plus {n_tokens_to_generate} new tokens exceeds the model's "
-            f"context of {n_ctx} tokens: shorten the prompt or generate fewer tokens"
-        )
+    if n_prompt > n_ctx:
+        raise ContextError(f"the prompt has {n_prompt} tokens, more than the model's context of {n_ctx} tokens: "
+                           "shorten it (it is never cut silently)")
 
 
 def left_pad(prompts, pad_token=0):  # n_batch lists of token ids -> [n_batch, n_longest], [n_batch]
@@ -171,45 +169,98 @@ def left_pad(prompts, pad_token=0):  # n_batch lists of token ids -> [n_batch, n
     return tokens, n_longest - np.array([len(prompt) for prompt in prompts])
 
 
-def generate_batch_steps(prompts, params, n_head, n_tokens_to_generate, picks=None):
+def generate_batch_steps(prompts, params, n_head, n_tokens_to_generate, picks=None, keep=None, on_shift=None):
     """Yield (tokens [n_batch], logits [n_batch, n_vocab]) for each new token of several prompts at once.
 
     One pass over the (left-padded) prompts, then one token per prompt per step: the key/value cache
     lets each step run the blocks on the new tokens only, and the head (the largest matrix) is applied
     to the last position only. picks[i](logits) chooses prompt i's token (default: greedy).
+
+    Past the context window: once a row's window holds n_ctx tokens, it keeps its last `keep` tokens
+    (default n_ctx // 2) at positions 0 .. keep - 1, as if they were a new prompt (see shift_rows),
+    and goes on; on_shift(rows, step), if given, is told which rows shifted at which step.
     """
+    n_ctx = params["wpe"].shape[0]
     for prompt in prompts:
-        check_context(len(prompt), n_tokens_to_generate, params["wpe"].shape[0])
+        check_context(len(prompt), n_ctx)
     picks = picks or [np.argmax] * len(prompts)
     tokens, n_pad = left_pad(prompts)  # [n_batch, n_longest], [n_batch]
-    kv_cache = new_kv_cache(params, n_head, len(prompts), tokens.shape[1] + n_tokens_to_generate)
+    n_longest = tokens.shape[1]
+    can_overflow = n_longest + n_tokens_to_generate > n_ctx + 1  # else no row ever needs a position >= n_ctx
+    capacity = n_ctx + n_ctx // 2 if can_overflow else n_longest + n_tokens_to_generate  # columns of the cache
+    kv_cache = new_kv_cache(params, n_head, len(prompts), capacity)
+    windows = [list(prompt) for prompt in prompts] if can_overflow else None  # each row's tokens in its window
     x = transformer(tokens, **params, n_head=n_head, kv_cache=kv_cache, n_pad=n_pad)  # [n_batch, n_longest, n_embd]
+    column = n_longest  # where the next new tokens go in the cache
     for step in range(n_tokens_to_generate):
         logits = x[:, -1] @ params["wte"].T  # [n_batch, n_embd] -> [n_batch, n_vocab]
         new_tokens = [int(pick(row)) for pick, row in zip(picks, logits)]
         yield new_tokens, logits
-        if step + 1 < n_tokens_to_generate:  # no forward pass after the last token
-            start = tokens.shape[1] + step
-            new = [[token] for token in new_tokens]  # [n_batch, 1]
-            x = transformer(new, **params, n_head=n_head, kv_cache=kv_cache, start=start, n_pad=n_pad)
+        if step + 1 == n_tokens_to_generate:  # no forward pass after the last token
+            break
+        if can_overflow:
+            for window, token in zip(windows, new_tokens):
+                window.append(token)
+            full = np.flatnonzero(column - n_pad >= n_ctx)  # rows whose next position would be n_ctx
+            if len(full):
+                shift_rows(full, windows, keep or n_ctx // 2, params, n_head, kv_cache, n_pad, column)
+                if on_shift is not None:
+                    on_shift(full.tolist(), step)
+            if column == capacity:
+                column = compact(kv_cache, n_pad, column)
+        new = [[token] for token in new_tokens]  # [n_batch, 1]
+        x = transformer(new, **params, n_head=n_head, kv_cache=kv_cache, start=column, n_pad=n_pad)
+        column += 1
 
 
-def generate_steps(inputs, params, n_head, n_tokens_to_generate, pick=np.argmax):
+def shift_rows(rows, windows, keep, params, n_head, kv_cache, n_pad, column):
+    """Make each row in `rows` continue from its last `keep` tokens, at positions 0 .. keep - 1.
+
+    GPT-2's positions are absolute, so the kept tokens' keys and values change: they are computed
+    anew, in one pass over all but the last kept token (the step that follows runs that one, as it
+    runs every row's newest token). They go into the columns just before `column`, and the row's
+    padding grows to hide everything older. Other rows are untouched.
+    """
+    kept = [windows[row][-keep:] for row in rows]
+    for row, tokens in zip(rows, kept):
+        windows[row][:] = tokens
+    n_before = keep - 1  # the kept tokens already in the window before the newest
+    if n_before:
+        fresh = new_kv_cache(params, n_head, len(rows), n_before)
+        transformer([tokens[:-1] for tokens in kept], **params, n_head=n_head, kv_cache=fresh)  # [len(rows), n_before]
+        for (keys, values), (new_keys, new_values) in zip(kv_cache, fresh):
+            keys[rows, ..., column - n_before : column] = new_keys  # [rows, H, D, n_before]
+            values[rows, ..., column - n_before : column, :] = new_values  # [rows, H, n_before, D]
+    n_pad[rows] = column - n_before
+
+
+def compact(kv_cache, n_pad, column):
+    """Drop the cache columns that are padding for every row, moving the rest to the front; the new column."""
+    unused = int(n_pad.min())
+    for keys, values in kv_cache:
+        keys[..., : column - unused] = keys[..., unused:column]
+        values[..., : column - unused, :] = values[..., unused:column, :]
+    n_pad -= unused
+    return column - unused
+
+
+def generate_steps(inputs, params, n_head, n_tokens_to_generate, pick=np.argmax, keep=None, on_shift=None):
     """Yield (token, logits [n_vocab]) for each new token of one prompt."""
-    for tokens, logits in generate_batch_steps([list(inputs)], params, n_head, n_tokens_to_generate, [pick]):
+    steps = generate_batch_steps([list(inputs)], params, n_head, n_tokens_to_generate, [pick], keep, on_shift)
+    for tokens, logits in steps:
         yield tokens[0], logits[0]
 
 
-def generate(inputs, params, n_head, n_tokens_to_generate, pick=np.argmax):
+def generate(inputs, params, n_head, n_tokens_to_generate, pick=np.argmax, keep=None):
     """picoGPT's API: the list of new token ids (greedy unless pick says otherwise)."""
-    return [token for token, _ in generate_steps(inputs, params, n_head, n_tokens_to_generate, pick)]
+    return [token for token, _ in generate_steps(inputs, params, n_head, n_tokens_to_generate, pick, keep)]
 
 
-def generate_completions(prompts, params, n_head, n_tokens_to_generate, picks=None, eot_token=None):
+def generate_completions(prompts, params, n_head, n_tokens_to_generate, picks=None, eot_token=None, keep=None):
     """The new tokens of each prompt, generated together; a prompt is done at eot_token (not included)."""
     completions = [[] for _ in prompts]
     done = [False] * len(prompts)
-    for tokens, _ in generate_batch_steps(prompts, params, n_head, n_tokens_to_generate, picks):
+    for tokens, _ in generate_batch_steps(prompts, params, n_head, n_tokens_to_generate, picks, keep):
         for row, token in enumerate(tokens):
             done[row] = done[row] or token == eot_token
             if not done[row]:
@@ -217,38 +268,6 @@ def generate_completions(prompts, params, n_head, n_tokens_to_generate, picks=No
         if all(done):
             break
     return completions
-
-
-# ---------------------------------------------------------------- sampling
-
-
-def sampling_probs(logits, temperature=1.0, top_k=0, top_p=1.0):  # [n_vocab] -> [n_vocab]
-    """The distribution a token is drawn from: softmax(logits / T), keeping only the top_k most likely
-    tokens (0: all), then the smallest set of most likely tokens whose probability reaches top_p, renormalised.
-    """
-    probs = softmax(logits / np.float32(temperature))
-    order = np.argsort(-probs, kind="stable")  # most likely first; ties keep the lower id first, like argmax
-    kept = order[:top_k] if top_k else order
-    kept_probs = probs[kept] / np.sum(probs[kept])
-    mass_before = np.cumsum(kept_probs) - kept_probs  # probability of the tokens ranked above each one
-    kept = kept[mass_before < top_p]  # the first token always stays: mass_before is 0 there
-    filtered = np.zeros_like(probs)
-    filtered[kept] = probs[kept]
-    return filtered / np.sum(filtered)
-
-
-def make_picker(temperature=0.0, top_k=0, top_p=1.0, seed=None):
-    """pick(logits) -> token id. Temperature 0 is greedy; otherwise draw from sampling_probs with a seeded RNG."""
-    if temperature == 0:
-        return np.argmax
-    rng = np.random.default_rng(seed)
-
-    def pick(logits):
-        cumulative = np.cumsum(sampling_probs(logits, temperature, top_k, top_p))
-        # inverse transform sampling; the min guards against float32 round-off leaving the total below 1
-        return min(int(np.searchsorted(cumulative, rng.random() * cumulative[-1], side="right")), len(logits) - 1)
-
-    return pick
 
 
 # ---------------------------------------------------------------- scoring

@@ -72,7 +72,7 @@ def hf_logits(model, tokens):  # [n_seq] -> [n_seq, n_vocab] float64
         return model(torch.tensor([tokens])).logits[0].numpy()
 
 
-def hf_greedy(model, tokens, n_new):
+def hf_greedy(model, tokens, n_new, repetition_penalty=None):
     """transformers' own greedy generate (with its KV cache): the new token ids."""
     import torch
 
@@ -84,6 +84,7 @@ def hf_greedy(model, tokens, n_new):
             min_new_tokens=n_new,  # do not stop at <|endoftext|>: compare the full length
             do_sample=False,
             pad_token_id=0,
+            repetition_penalty=repetition_penalty,
         )
     return out[0, len(tokens) :].tolist()
 

@@ -9,6 +9,8 @@ with TensorFlow's own tf.train.load_variable (independent of this project's read
   vocabulary columns (storing all 50,257 columns at every position would take megabytes);
 - `<name>/logits_last`: all 50,257 logits at the last position;
 - `<name>/cli_tokens`: transformers' greedy continuation of reference.CLI_PROMPT;
+- `<name>/repetition_prompt` and `<name>/repetition_tokens_<R>`: transformers' greedy continuation with
+  generate(..., repetition_penalty=R), for R in reference.REPETITION_PENALTIES;
 - `<name>/score_nll_stride<S>`: the average negative log-likelihood of reference.SCORE_TEXT with
   sliding windows of n_ctx tokens every S tokens (S = n_ctx // 2 and 5), and `<name>/score_nll_short`
   transformers' own loss on reference.SHORT_SCORE_TEXT.
@@ -57,6 +59,12 @@ def main():
         out[f"{name}/score_nll_short"] = np.float64(
             reference.hf_short_text_nll(model, encoder.encode(reference.SHORT_SCORE_TEXT))
         )
+        repetition_prompt = reference.reference_tokens(hparams["n_vocab"], 5, seed=17)
+        out[f"{name}/repetition_prompt"] = np.array(repetition_prompt)
+        for penalty in reference.REPETITION_PENALTIES:
+            n_new = hparams["n_ctx"] - len(repetition_prompt)
+            continuation = reference.hf_greedy(model, repetition_prompt, n_new, repetition_penalty=penalty)
+            out[f"{name}/repetition_tokens_{penalty}"] = np.array(continuation)
         print(f"{name}: {len(tokens)} positions, greedy continuation {out[f'{name}/cli_tokens'].tolist()}")
     np.savez_compressed(reference.REFERENCE_FILE, **out)
     print(f"wrote {reference.REFERENCE_FILE} ({os.path.getsize(reference.REFERENCE_FILE)} bytes)")

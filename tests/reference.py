@@ -24,6 +24,7 @@ FIXTURE_CONFIGS = ("tiny-a", "tiny-b")
 N_COLUMNS = 1024  # vocabulary columns stored for every position (all 50,257 only at the last position)
 CLI_PROMPT = "Alan Turing theorized that computers would one day become"
 CLI_NEW_TOKENS = 16
+REPETITION_PENALTIES = (1.3, 0.8)  # stored greedy continuations with transformers' repetition_penalty
 # a text several times longer than the fixtures' contexts (32 and 64 tokens), for scoring
 SCORE_TEXT = (
     "The tokenizer cuts a text into pieces, and the model reads the pieces one after another. At every "

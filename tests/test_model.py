@@ -13,6 +13,7 @@ import pytest
 import gpt2
 import gpt2_pico
 import reference
+import sampling
 from conftest import load_fixture
 
 ATOL = 1e-4
@@ -38,7 +39,7 @@ def test_building_blocks_keep_float32():
     assert gpt2.layer_norm(x, g, b).dtype == np.float32
     assert gpt2.linear(x, w, b[:4]).dtype == np.float32
     assert gpt2.attention_mask(np.array([0, 1]), 3, 2).dtype == np.float32
-    assert gpt2.sampling_probs(x[0], 0.7, 3, 0.9).dtype == np.float32
+    assert sampling.sampling_probs(x[0], 0.7, 3, 0.9).dtype == np.float32
 
 
 def test_gelu_is_gpt2s_tanh_approximation():
@@ -183,11 +184,12 @@ def test_prompt_plus_new_tokens_may_fill_exactly_n_ctx():
     assert len(prompt) + len(out) == hparams["n_ctx"]
 
 
-def test_one_token_more_than_n_ctx_is_an_error_before_any_work():
+def test_a_prompt_longer_than_n_ctx_is_an_error_naming_both_lengths_before_any_work():
     hparams, params = load_fixture("tiny-a")
     unusable = dict(params, blocks=None)  # any forward pass would crash on this
-    with pytest.raises(gpt2.ContextError, match=f"context of {hparams['n_ctx']} tokens"):
-        next(gpt2.generate_steps([464, 3290], unusable, hparams["n_head"], hparams["n_ctx"] - 1))
+    prompt = [464] * (hparams["n_ctx"] + 1)
+    with pytest.raises(gpt2.ContextError, match="has 33 tokens, more than the model's context of 32 tokens"):
+        next(gpt2.generate_steps(prompt, unusable, hparams["n_head"], 1))
 
 
 def test_empty_inputs_are_an_error_that_says_how_to_sample_unconditionally():

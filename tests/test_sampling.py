@@ -1,9 +1,10 @@
-"""Sampling (gpt2.sampling_probs, gpt2.make_picker) checked against its definition."""
+"""Sampling (sampling.sampling_probs, sampling.make_picker) checked against its definition."""
 import numpy as np
 import pytest
 
 import gpt2
 import reference
+import sampling
 from conftest import load_fixture
 
 
@@ -38,28 +39,28 @@ def test_sampling_probs_equal_the_definition(temperature, top_k, top_p):
     """float32 against float64: 1e-6 absolute on probabilities that sum to 1."""
     for seed in range(20):
         logits = random_logits(seed)
-        ours = gpt2.sampling_probs(logits, temperature, top_k, top_p)
+        ours = sampling.sampling_probs(logits, temperature, top_k, top_p)
         np.testing.assert_allclose(ours, definition_probs(logits, temperature, top_k, top_p), atol=1e-6)
 
 
 def test_temperature_zero_is_exactly_greedy():
-    assert gpt2.make_picker(temperature=0.0) is np.argmax
+    assert sampling.make_picker(temperature=0.0) is np.argmax
     hparams, params = load_fixture("tiny-a")
     prompt = reference.reference_tokens(hparams["n_vocab"], 3, seed=2)
     greedy = gpt2.generate(prompt, params, hparams["n_head"], 20)
-    assert gpt2.generate(prompt, params, hparams["n_head"], 20, gpt2.make_picker(0.0, 5, 0.5, seed=1)) == greedy
+    assert gpt2.generate(prompt, params, hparams["n_head"], 20, sampling.make_picker(0.0, 5, 0.5, seed=1)) == greedy
 
 
 @pytest.mark.parametrize("temperature", [0.1, 1.0, 5.0, 100.0])
 def test_top_k_1_at_any_temperature_is_greedy(temperature):
-    pick = gpt2.make_picker(temperature, top_k=1, seed=0)
+    pick = sampling.make_picker(temperature, top_k=1, seed=0)
     for seed in range(50):
         logits = random_logits(seed)
         assert pick(logits) == int(np.argmax(logits))
 
 
 def test_a_tiny_top_p_keeps_only_the_most_likely_token():
-    pick = gpt2.make_picker(1.0, top_p=1e-6, seed=0)
+    pick = sampling.make_picker(1.0, top_p=1e-6, seed=0)
     for seed in range(50):
         logits = random_logits(seed)
         assert pick(logits) == int(np.argmax(logits))
@@ -71,7 +72,7 @@ def test_sampled_frequencies_match_the_filtered_distribution():
     logits = random_logits(42, n=30)
     temperature, top_k, top_p, n = 0.8, 12, 0.9, 100_000
     expected = definition_probs(logits, temperature, top_k, top_p)
-    pick = gpt2.make_picker(temperature, top_k, top_p, seed=123)
+    pick = sampling.make_picker(temperature, top_k, top_p, seed=123)
     counts = np.bincount([pick(logits) for _ in range(n)], minlength=len(logits))
     assert counts[expected == 0].sum() == 0
     sigma = np.sqrt(n * expected * (1 - expected))
@@ -84,7 +85,7 @@ def test_the_same_seed_gives_the_same_tokens_and_another_seed_differs():
     prompt = reference.reference_tokens(hparams["n_vocab"], 3, seed=2)
 
     def sample(seed):
-        return gpt2.generate(prompt, params, hparams["n_head"], 25, gpt2.make_picker(1.0, seed=seed))
+        return gpt2.generate(prompt, params, hparams["n_head"], 25, sampling.make_picker(1.0, seed=seed))
 
     assert sample(7) == sample(7)
     assert sample(7) != sample(8)
