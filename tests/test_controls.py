@@ -315,3 +315,20 @@ def test_a_bad_control_value_is_a_one_line_usage_error_naming_the_option(models_
 def test_context_keep_of_n_ctx_minus_one_is_accepted(models_dir):
     result = run_cli("hello", "--models_dir", models_dir, "--context_keep", 31, "--n_tokens_to_generate", 40)
     assert result.returncode == 0, result.stderr.decode()
+
+
+def test_show_probs_with_a_penalty_shows_the_distribution_the_greedy_choice_was_made_from(models_dir):
+    result = run_cli("The The The", "--n_tokens_to_generate", 8, "--models_dir", models_dir,
+                     "--repetition_penalty", 1.5, "--show_probs", 2, "--ignore_eos")
+    assert result.returncode == 0, result.stderr.decode()
+    for line in result.stderr.decode("utf-8").splitlines():
+        chosen = line.split(": chose ", 1)[1].split(" (", 1)[0]
+        assert line.split("  | ", 1)[1].startswith(chosen + " "), line
+
+
+def test_sampling_with_penalties_and_a_seed_is_reproducible_and_shifts_past_n_ctx(models_dir):
+    args = ["Once", "--n_tokens_to_generate", 60, "--models_dir", models_dir, "--temperature", 0.9, "--seed", 3,
+            "--repetition_penalty", 1.2, "--presence_penalty", 0.5, "--ignore_eos"]
+    first, second = run_cli(*args), run_cli(*args)
+    assert first.returncode == 0 and first.stdout == second.stdout and first.stdout
+    assert "context window (32 tokens) is full" in first.stderr.decode()
