@@ -142,6 +142,9 @@ def new_session() -> "requests.Session":
     retry = Retry(total=RETRIES, connect=2, backoff_factor=BACKOFF, status_forcelist=(429, 500, 502, 503, 504),
                   allowed_methods=("GET",), raise_on_status=False)
     session = requests.Session()
+    # requests asks for gzip by default, and a web server may then compress JSON and text on the way,
+    # with a Content-Length (and even Content-MD5) of the compressed body: the files must come as they are.
+    session.headers["Accept-Encoding"] = "identity"
     session.mount("http://", HTTPAdapter(max_retries=retry))
     session.mount("https://", HTTPAdapter(max_retries=retry))
     return session
@@ -203,6 +206,11 @@ def open_response(session: "requests.Session", url: str, headers: dict) -> "requ
         response.close()
         raise GPT2Error(f"cannot download {url}: HTTP {response.status_code} {response.reason}; "
                         f"check the model size, or set {BASE_URL_ENV} / --base_url")
+    encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding != "identity":  # stored compressed: its length and Range would count compressed bytes
+        response.close()
+        raise GPT2Error(f"cannot download {url}: the server sends it compressed (Content-Encoding: {encoding}); "
+                        f"set {BASE_URL_ENV} / --base_url to a server that sends the files as they are")
     return response
 
 

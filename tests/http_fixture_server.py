@@ -15,9 +15,12 @@ only, as Azure does). It records every request, and misbehaves on demand, per fi
     server.head_status = 405         answer every HEAD with this error status (403, 405, 501, ...)
     server.send_md5 = False          send no Content-MD5 at all
     server.chunk_delay = 0.05        sleep this long after each 16 KiB of a body, so a download stays in flight
+    server.gzip = "when asked"       gzip whole-file bodies (Content-Encoding: gzip) for clients accepting it,
+                                     as a web server compressing JSON and text does; "always": even if not
 """
 import base64
 import dataclasses
+import gzip
 import hashlib
 import re
 import socket
@@ -36,6 +39,7 @@ class Request:
     range: str | None  # the Range header, if any
     sent: int = 0  # body bytes written to the socket
     if_range: str | None = None  # the If-Range header, if any
+    accept_encoding: str | None = None  # the Accept-Encoding header, if any
 
 
 class FixtureServer:
@@ -51,6 +55,7 @@ class FixtureServer:
         self.head_status = None
         self.send_md5 = True
         self.chunk_delay = 0.0
+        self.gzip = None
         self.lock = threading.Lock()  # handlers run in their own threads
         self._httpd = _Server(("127.0.0.1", 0), _Handler)
         self._httpd.fixture = self
@@ -133,7 +138,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _serve(self, send_body):
         fixture = self.server.fixture
-        request = Request(self.command, self.path, self.headers.get("Range"), if_range=self.headers.get("If-Range"))
+        request = Request(self.command, self.path, self.headers.get("Range"), if_range=self.headers.get("If-Range"),
+                          accept_encoding=self.headers.get("Accept-Encoding"))
         with fixture.lock:
             fixture.requests.append(request)
         if not send_body and fixture.head_status:
@@ -153,9 +159,12 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if start is None:
             self.send_response(200)
-            if fixture.send_md5:
-                self.send_header("Content-MD5", fixture.content_md5(self.path, data))
             body = data
+            if fixture.gzip == "always" or (fixture.gzip and "gzip" in (request.accept_encoding or "")):
+                self.send_header("Content-Encoding", "gzip")
+                body = gzip.compress(data, mtime=0)
+            if fixture.send_md5:  # of the body as sent, compressed or not (RFC 2616, 14.15)
+                self.send_header("Content-MD5", fixture.content_md5(self.path, body))
         else:
             self.send_response(206)
             self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")

@@ -383,3 +383,22 @@ def test_default_base_url_is_openais():
     assert download.resolve_base_url(None) == download.DEFAULT_BASE_URL
     url = download.model_file_url(download.resolve_base_url(None), SIZE, "hparams.json")
     assert url == f"{download.DEFAULT_BASE_URL}/{SIZE}/hparams.json"
+
+
+def test_a_server_that_compresses_when_asked_is_asked_for_the_bytes_as_they_are(server, models_dir):
+    """Web servers gzip JSON and text for clients that accept it, with a Content-Length and Content-MD5
+    of what they send: saved as received, encoder.json would pass both checks and be gzip, not JSON."""
+    server.gzip = "when asked"
+    fetch_model(server.url, models_dir)
+    for name in download.MODEL_FILES:
+        assert (models_dir / SIZE / name).read_bytes() == served(server, name), name
+    assert {request.accept_encoding for request in server.requests} == {"identity"}
+
+
+def test_a_server_that_always_compresses_is_a_one_line_error_and_saves_nothing(server, models_dir):
+    """A file stored compressed (Content-Encoding: gzip whatever the client asks): its length and
+    ranges count compressed bytes, so it is refused rather than saved as something else."""
+    server.gzip = "always"
+    message = failed_download(server.url, models_dir)
+    assert "Content-Encoding: gzip" in message and "--base_url" in message
+    assert not any(name.startswith("checkpoint") for name in os.listdir(models_dir / SIZE))
