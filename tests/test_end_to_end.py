@@ -127,6 +127,7 @@ def test_a_run_killed_mid_download_is_resumed_by_the_next(server, models_dir, ex
     server.head_status = 405 if head != "allowed" else None
     result = run_cli(server, models_dir, n_tokens)
     assert result.returncode == 0 and result.stdout == text, result.stderr.decode()
+    assert b"waiting for another run" not in result.stderr  # the killed run's lock died with it
     assert server.gets(DATA)[-1].range == f"bytes={kept}-"
     assert_downloaded(models_dir)
 
