@@ -23,7 +23,7 @@ import os
 import re
 import sys
 import time
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 from errors import GPT2Error
 
@@ -61,8 +61,12 @@ class Interrupted(Exception):
         self.received = received  # bytes of the body that reached the .part before it ended
 
 
-def download_model_files(model_size: str, models_dir: str, base_url: str | None = None) -> str:
-    """Make sure the 7 files of `model_size` are complete in <models_dir>/<model_size>/; return it."""
+def download_model_files(model_size: str, models_dir: str, base_url: str | None = None,
+                         check: Callable[[str], None] | None = None) -> str:
+    """Make sure the 7 files of `model_size` are complete in <models_dir>/<model_size>/; return it.
+
+    check(model_dir), if given, runs after this run downloaded files, still holding the lock: runs
+    that waited for it then find files already checked, or a damaged one already moved aside."""
     check_model_size(model_size)  # first: a size like "../x" must never become a path
     model_dir = make_model_dir(models_dir, model_size)
     if missing_files(model_dir):
@@ -74,6 +78,8 @@ def download_model_files(model_size: str, models_dir: str, base_url: str | None 
                 session = new_session()
                 for name in missing:
                     download_file(session, model_file_url(base_url, model_size, name), os.path.join(model_dir, name))
+                if check:
+                    check(model_dir)
     return model_dir
 
 

@@ -63,9 +63,20 @@ def verify_checkpoint(prefix: str, entries: dict, data: np.ndarray, force: bool 
     if corrupt is None:
         remember(model_dir, versions)
         return
-    aside = move_aside(data_path)
-    raise GPT2Error(f"{data_path} is damaged: tensor {corrupt} does not match the CRC32C checksum in "
-                    f"{os.path.basename(index_path)}; moved it to {aside}, run again to download it anew")
+    damage = (f"{data_path} is damaged: tensor {corrupt} does not match the CRC32C checksum in "
+              f"{os.path.basename(index_path)}")
+    if version_of(data_path) != versions[os.path.basename(data_path)]:
+        # runs started together check together: another one that found the same damage got there first
+        raise GPT2Error(f"{damage}; another run has moved it aside already, run again to download it anew")
+    raise GPT2Error(f"{damage}; moved it to {move_aside(data_path)}, run again to download it anew")
+
+
+def version_of(path: str) -> list[int] | None:
+    """[size, mtime in ns] of the file now at `path`, or None if there is none."""
+    try:
+        return file_versions([path])[os.path.basename(path)]
+    except FileNotFoundError:
+        return None
 
 
 def move_aside(path: str) -> str:

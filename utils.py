@@ -27,7 +27,7 @@ def load_encoder_hparams_and_params(
 
     Every tensor's CRC32C is checked on the first load of the files (see integrity.py); verify=True
     checks them again even if a pass is remembered."""
-    model_dir = download.download_model_files(model_size, models_dir, base_url)
+    model_dir = download.download_model_files(model_size, models_dir, base_url, check=check_new_download)
     encoder = load_encoder(model_size, models_dir)
     hparams = load_hparams(model_dir)
     return encoder, hparams, load_params(model_dir, hparams, verify)
@@ -119,6 +119,11 @@ def params_from_tensors(tensors: dict[str, np.ndarray], n_layer: int) -> dict:
             node = node.setdefault(part, {})
         node[parts[-1]] = array
     return params
+
+
+def check_new_download(model_dir: str) -> None:
+    """Every tensor against its CRC32C, right after a download (download.py runs it under its lock)."""
+    map_checkpoint_tensors(model_dir, load_hparams(model_dir), verify=True)
 
 
 def load_params(model_dir: str, hparams: dict, verify: bool = False) -> dict:

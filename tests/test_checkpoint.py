@@ -257,3 +257,24 @@ def test_a_check_with_the_pure_python_crc32c_says_on_stderr_why_it_is_slow(copie
     assert "pure-Python" in line and DATA in line
     read_tensors(copied_model_dir)  # the pass is remembered: no check, nothing to say
     assert capsys.readouterr().err == ""
+
+
+def test_damage_found_by_two_runs_at_once_is_moved_aside_once(copied_model_dir, monkeypatch):
+    """Runs started together check the same new file together. The one that finds the damage last
+    must not fail to rename a file that is gone, nor move aside a fresh copy: it says it was done."""
+    data_path = copied_model_dir / DATA
+    damaged = bytearray(data_path.read_bytes())
+    damaged[-1] ^= 0x01
+    data_path.write_bytes(bytes(damaged))
+    real_check = tf_checkpoint.first_corrupt_tensor
+
+    def check_while_another_run_moves_it_aside(*args):
+        data_path.rename(copied_model_dir / (DATA + ".damaged"))
+        return real_check(*args)
+
+    monkeypatch.setattr(tf_checkpoint, "first_corrupt_tensor", check_while_another_run_moves_it_aside)
+    with pytest.raises(GPT2Error) as raised:
+        read_tensors(copied_model_dir)
+    assert "another run has moved it aside already, run again" in str(raised.value)
+    assert sorted(path.name for path in copied_model_dir.glob(DATA + "*")) == [DATA + ".damaged"]
+    assert (copied_model_dir / (DATA + ".damaged")).read_bytes() == bytes(damaged)

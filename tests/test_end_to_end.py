@@ -179,6 +179,29 @@ def test_a_flipped_byte_served_without_md5_is_refused_moved_aside_and_fetched_an
     assert (models_dir / "124M" / DATA_FILE).read_bytes() == good
 
 
+def test_two_runs_at_once_on_a_damaged_download_both_refuse_it_by_its_crc32c(server, models_dir, expected_text):
+    """The run that downloads checks the tensors before it lets the other one go on: the waiting run
+    finds the data file moved aside, fetches it in its turn, and refuses it too, never loading it."""
+    text, n_tokens = expected_text
+    served_data = server.root / "124M" / DATA_FILE
+    good = served_data.read_bytes()
+    served_data.write_bytes(good[:-1] + bytes([good[-1] ^ 0x80]))  # the last byte of the last tensor
+    server.send_md5 = False
+    server.chunk_delay = 0.002  # long enough for the runs to overlap
+    runs = [subprocess.Popen(cli_command(server, models_dir, n_tokens), env=cli_env(),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
+    for run in runs:
+        out, err = run.communicate(timeout=120)
+        assert_one_line_error(subprocess.CompletedProcess(run.args, run.returncode, out, err), "CRC32C", "run again")
+    moved = sorted(name for name in os.listdir(models_dir / "124M") if name.startswith(DATA_FILE))
+    assert moved == [DATA_FILE + ".damaged", DATA_FILE + ".damaged-2"]  # one download each, both kept
+
+    server.chunk_delay = 0
+    served_data.write_bytes(good)
+    result = run_cli(server, models_dir, n_tokens)
+    assert result.returncode == 0 and result.stdout == text, result.stderr.decode()
+
+
 def test_a_404_is_a_one_line_error_naming_the_url(server, models_dir, expected_text):
     server.not_found.add("/124M/vocab.bpe")
     assert_one_line_error(run_cli(server, models_dir, 4), f"{server.url}/124M/vocab.bpe", "HTTP 404")
