@@ -122,8 +122,9 @@ def params_from_tensors(tensors: dict[str, np.ndarray], n_layer: int) -> dict:
 
 
 def check_new_download(model_dir: str) -> None:
-    """Every tensor against its CRC32C, right after a download (download.py runs it under its lock)."""
-    map_checkpoint_tensors(model_dir, load_hparams(model_dir), verify=True)
+    """Every tensor against its CRC32C right after a download (download.py runs it under its lock),
+    unless only other files were fetched: a pass of these very checkpoint files is remembered."""
+    map_checkpoint_tensors(model_dir, load_hparams(model_dir))
 
 
 def load_params(model_dir: str, hparams: dict, verify: bool = False) -> dict:

@@ -1,6 +1,7 @@
 """Reading OpenAI's TensorFlow checkpoint format without TensorFlow (tf_checkpoint.py, checked by utils.py)."""
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ import tf_checkpoint
 import utils
 from conftest import load_fixture
 from errors import GPT2Error
+from http_fixture_server import FixtureServer
 
 INDEX, DATA = "model.ckpt.index", "model.ckpt.data-00000-of-00001"
 
@@ -278,3 +280,22 @@ def test_damage_found_by_two_runs_at_once_is_moved_aside_once(copied_model_dir, 
     assert "another run has moved it aside already, run again" in str(raised.value)
     assert sorted(path.name for path in copied_model_dir.glob(DATA + "*")) == [DATA + ".damaged"]
     assert (copied_model_dir / (DATA + ".damaged")).read_bytes() == bytes(damaged)
+
+
+@pytest.mark.parametrize("fetched, checks", [(DATA, 2), ("vocab.bpe", 1)])
+def test_a_download_is_checked_once_and_only_if_it_brought_checkpoint_files(copied_model_dir, monkeypatch,
+                                                                          fetched, checks):
+    """The first load checks the copied model; a download that fetches the data file anew checks it
+    once (under the download lock, and the load after it trusts that); one of vocab.bpe does not."""
+    calls = []
+    real_check = tf_checkpoint.first_corrupt_tensor
+    monkeypatch.setattr(tf_checkpoint, "first_corrupt_tensor", lambda *args: calls.append(1) or real_check(*args))
+    models_dir = str(copied_model_dir.parent)
+    utils.load_encoder_hparams_and_params("124M", models_dir)
+    served = copied_model_dir.parent.parent / "served"
+    shutil.copytree(copied_model_dir, served / "124M")
+    (copied_model_dir / fetched).unlink()
+    with FixtureServer(served) as server:
+        utils.load_encoder_hparams_and_params("124M", models_dir, server.url)
+        assert [request.path for request in server.requests] == [f"/124M/{fetched}"]
+    assert len(calls) == checks
