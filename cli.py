@@ -14,12 +14,12 @@ import numpy as np
 
 import gpt2
 import sampling
+import utils
 from cli_files import Prompt, append_records, completion_record, count_finished_records, read_prompts, read_text
 from download import MODEL_SIZES
 from encoder import Encoder
 from errors import GPT2Error, UsageError
 from stop_text import StopWatcher, parse_escapes
-from utils import load_encoder_hparams_and_params
 
 if TYPE_CHECKING:
     from tqdm import tqdm
@@ -92,7 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
     add = parser.add_argument
     add("prompt", nargs="?", help="text to continue, exactly as typed ('' for an unconditional sample)")
     add("--n_tokens_to_generate", type=positive_int, default=40, help="how many tokens to add")
-    add("--model_size", choices=MODEL_SIZES, default="124M", help="which GPT-2 release")
+    which = parser.add_mutually_exclusive_group().add_argument
+    which("--model_size", choices=MODEL_SIZES, default="124M", help="which of OpenAI's GPT-2 releases")
+    which("--model", metavar="PATH_OR_NAME",
+          help="a GPT-2 directory (OpenAI's or Hugging Face's format), or a hub name such as "
+               "openai-community/gpt2 found in the local Hugging Face cache; nothing is downloaded")
     add("--models_dir", default=None,
         help="where model files are kept; it must exist (default: ./models, created on first use)")
     add("--base_url", default=None, help="download from here instead of OpenAI's bucket (or set GPT2_BASE_URL)")
@@ -147,6 +151,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ]:
         if value and mode is None:
             parser.error(f"{option} goes with {needs}")
+    for option, value in (("--models_dir", args.models_dir), ("--base_url", args.base_url)):
+        if args.model is not None and value is not None:
+            parser.error(f"{option} goes with --model_size, not with --model")
     if args.score is not None:
         generating_only = [("--stop", args.stop), ("--repetition_penalty", args.repetition_penalty != 1),
                            ("--frequency_penalty", args.frequency_penalty),
@@ -195,10 +202,18 @@ def stream_continuation(
 
 
 def load_model(args: argparse.Namespace) -> tuple[Encoder, dict, dict]:
+    if args.model is not None:
+        encoder, hparams, params = utils.load_model(args.model, args.verify)
+        if hparams.get("weights_dtype", "F32") != "F32":
+            print(f"gpt2.py: note: {args.model} holds {hparams['weights_dtype']} weights, converted to float32 "
+                  "in memory", file=sys.stderr)
+        check_keep(args, hparams["n_ctx"])
+        return encoder, hparams, params
     models_dir = args.models_dir or "models"
     if args.models_dir is not None and not os.path.isdir(models_dir):  # a typo should not start a download elsewhere
         raise GPT2Error(f"--models_dir {models_dir} is not a directory: create it or check the path")
-    encoder, hparams, params = load_encoder_hparams_and_params(args.model_size, models_dir, args.base_url, args.verify)
+    encoder, hparams, params = utils.load_encoder_hparams_and_params(args.model_size, models_dir, args.base_url,
+                                                                     args.verify)
     check_keep(args, hparams["n_ctx"])  # the first moment n_ctx is known; the weights are only mapped yet
     return encoder, hparams, params
 

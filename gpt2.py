@@ -120,9 +120,11 @@ def transformer_block(x, mlp, attn, ln_1, ln_2, n_head, kv, start, mask):  # [B,
     return x
 
 
-def transformer(inputs, wte, wpe, blocks, ln_f, n_head, kv_cache=None, start=0, n_pad=None):  # [B, T] -> [B, T, E]
+def transformer(inputs, wte, wpe, blocks, ln_f, n_head, kv_cache=None, start=0, n_pad=None, lm_head=None):
+    # [B, T] -> [B, T, E]
     """The hidden states after the final layer norm, for the tokens at index start .. start + n_seq - 1
-    of each (left-padded) row; n_pad[i] is the number of padding tokens at the start of row i."""
+    of each (left-padded) row; n_pad[i] is the number of padding tokens at the start of row i.
+    (lm_head, an untied output head, is the callers' business: see head.)"""
     inputs = np.asarray(inputs)
     n_batch, n_seq = inputs.shape
     n_pad = np.zeros(n_batch, dtype=np.int64) if n_pad is None else n_pad
@@ -135,10 +137,15 @@ def transformer(inputs, wte, wpe, blocks, ln_f, n_head, kv_cache=None, start=0, 
     return layer_norm(x, **ln_f)
 
 
-def gpt2(inputs, wte, wpe, blocks, ln_f, n_head):  # [n_seq] -> [n_seq, n_vocab]
+def gpt2(inputs, wte, wpe, blocks, ln_f, n_head, lm_head=None):  # [n_seq] -> [n_seq, n_vocab]
     """picoGPT's API: the logits of every position of one sequence."""
     x = transformer([inputs], wte, wpe, blocks, ln_f, n_head)[0]  # [n_seq] -> [1, n_seq, n_embd] -> [n_seq, n_embd]
-    return x @ wte.T  # the head reuses the token embeddings: [n_seq, n_embd] -> [n_seq, n_vocab]
+    return x @ head(wte, lm_head).T  # [n_seq, n_embd] -> [n_seq, n_vocab]
+
+
+def head(wte, lm_head=None, **_):  # -> [n_vocab, n_embd]
+    """The output head: GPT-2's reuses the token embeddings (tied); some fine-tunes have their own."""
+    return wte if lm_head is None else lm_head
 
 
 def new_kv_cache(params, n_head, n_batch, n_tokens):  # -> n_layer x ([B, H, D, n_tokens], [B, H, n_tokens, D])
@@ -193,7 +200,7 @@ def generate_batch_steps(prompts, params, n_head, n_tokens_to_generate, picks=No
     x = transformer(tokens, **params, n_head=n_head, kv_cache=kv_cache, n_pad=n_pad)  # [n_batch, n_longest, n_embd]
     column = n_longest  # where the next new tokens go in the cache
     for step in range(n_tokens_to_generate):
-        logits = x[:, -1] @ params["wte"].T  # [n_batch, n_embd] -> [n_batch, n_vocab]
+        logits = x[:, -1] @ head(**params).T  # [n_batch, n_embd] -> [n_batch, n_vocab]
         new_tokens = [int(pick(row)) for pick, row in zip(picks, logits)]
         yield new_tokens, logits
         if step + 1 == n_tokens_to_generate:  # no forward pass after the last token
@@ -304,7 +311,7 @@ def token_logprobs(tokens, params, n_head, stride, rows_at_once=256, progress=No
         x = transformer([tokens[begin:end]], **params, n_head=n_head)[0]  # [end - begin, n_embd]
         predictors = x[scored - 1 - begin : end - 1 - begin]  # the rows that predict tokens scored .. end - 1
         targets = tokens[scored:end]
-        logprobs[scored - 1 : end - 1] = target_logprobs(predictors, params["wte"], targets, rows_at_once)
+        logprobs[scored - 1 : end - 1] = target_logprobs(predictors, head(**params), targets, rows_at_once)
         scored = end
         if progress is not None:
             progress(scored - 1)

@@ -60,11 +60,11 @@ def models_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def load_once():
-    loaded = {}
+    loaded, load_for_real = {}, utils.load_encoder_hparams_and_params
 
     def load(model_size, models_dir, base_url=None, verify=False):
         if model_size not in loaded:
-            loaded[model_size] = utils.load_encoder_hparams_and_params(model_size, models_dir, base_url, verify)
+            loaded[model_size] = load_for_real(model_size, models_dir, base_url, verify)
         return loaded[model_size]
 
     return load
@@ -162,7 +162,7 @@ def test_any_command_line_ends_in_success_or_a_one_line_error(data, models_dir, 
     output = folder / "out.jsonl"
     if output_before is not None:
         output.write_bytes(output_before)
-    monkeypatch.setattr(cli, "load_encoder_hparams_and_params", load_once)
+    monkeypatch.setattr(utils, "load_encoder_hparams_and_params", load_once)
     argv = ["--models_dir", str(models_dir), *argv]
 
     status, _, stderr = run_in_process(argv, stdin, monkeypatch)
