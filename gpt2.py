@@ -77,7 +77,7 @@ def attention_mask(n_pad, n_seq, start):  # [n_batch] -> [n_batch, 1, n_seq, sta
     return np.where(visible, np.float32(0), np.float32(-np.inf))[:, None]  # -> [n_batch, 1, n_seq, n_kv]
 
 
-def attention(q, keys, values, mask):  # [B, H, T, D], [B, H, D, K], [B, H, K, D] -> [B, H, T, D]
+def attention(q, keys, values, mask, trace=None):  # [B, H, T, D], [B, H, D, K], [B, H, K, D] -> [B, H, T, D]
     q = q * (1 / math.sqrt(q.shape[-1]))  # scale the queries (fewer numbers than the scores)
     scores = q @ keys  # [B, H, T, D] @ [B, H, D, K] -> [B, H, T, K]
     if mask is not None:  # None: one new token per row and no padding, so nothing to hide
@@ -86,6 +86,8 @@ def attention(q, keys, values, mask):  # [B, H, T, D], [B, H, D, K], [B, H, K, D
     scores -= np.max(scores, axis=-1, keepdims=True)
     np.exp(scores, out=scores)
     scores /= np.sum(scores, axis=-1, keepdims=True)
+    if trace is not None:  # explain.py looks at the attention weights the model really used
+        trace.attention(scores)
     return scores @ values  # [B, H, T, K] @ [B, H, K, D] -> [B, H, T, D]
 
 
@@ -104,27 +106,29 @@ def remember(kv, k, v, start):  # [B, H, T, D] x2 -> [B, H, D, K], [B, H, K, D]
     return keys[..., :end], values[..., :end, :]
 
 
-def mha(x, c_attn, c_proj, n_head, kv, start, mask):  # [B, T, E] -> [B, T, E]
+def mha(x, c_attn, c_proj, n_head, kv, start, mask, trace=None):  # [B, T, E] -> [B, T, E]
     n_batch, n_seq, n_embd = x.shape
     qkv = linear(x, **c_attn)  # [B, T, E] -> [B, T, 3*E]
     q, k, v = qkv.reshape(n_batch, n_seq, 3, n_head, -1).transpose(2, 0, 3, 1, 4)  # -> 3 x [B, H, T, D]
     keys, values = remember(kv, k, v, start)  # [B, H, D, K], [B, H, K, D]; K = start + T
-    out = attention(q, keys, values, mask)  # all heads in one batched product: [B, H, T, D]
+    out = attention(q, keys, values, mask, trace)  # all heads in one batched product: [B, H, T, D]
     out = out.transpose(0, 2, 1, 3).reshape(n_batch, n_seq, n_embd)  # [B, H, T, D] -> [B, T, E]
     return linear(out, **c_proj)  # [B, T, E] -> [B, T, E]
 
 
-def transformer_block(x, mlp, attn, ln_1, ln_2, n_head, kv, start, mask):  # [B, T, E] -> [B, T, E]
-    x = x + mha(layer_norm(x, **ln_1), **attn, n_head=n_head, kv=kv, start=start, mask=mask)  # pre-norm attention
-    x = x + ffn(layer_norm(x, **ln_2), **mlp)  # pre-norm feed-forward
+def transformer_block(x, mlp, attn, ln_1, ln_2, n_head, kv, start, mask, trace=None):  # [B, T, E] -> [B, T, E]
+    # pre-norm: each half reads a layer-normed x and adds its output to x, the residual stream
+    x = x + mha(layer_norm(x, **ln_1), **attn, n_head=n_head, kv=kv, start=start, mask=mask, trace=trace)
+    x = x + ffn(layer_norm(x, **ln_2), **mlp)
     return x
 
 
-def transformer(inputs, wte, wpe, blocks, ln_f, n_head, kv_cache=None, start=0, n_pad=None, lm_head=None):
+def transformer(inputs, wte, wpe, blocks, ln_f, n_head, kv_cache=None, start=0, n_pad=None, lm_head=None, trace=None):
     # [B, T] -> [B, T, E]
     """The hidden states after the final layer norm, for the tokens at index start .. start + n_seq - 1
     of each (left-padded) row; n_pad[i] is the number of padding tokens at the start of row i.
-    (lm_head, an untied output head, is the callers' business: see head.)"""
+    (lm_head, an untied output head, is the callers' business: see head.) A trace, if given, is
+    shown each layer's attention weights and the residual stream after each block (explain.py)."""
     inputs = np.asarray(inputs)
     n_batch, n_seq = inputs.shape
     n_pad = np.zeros(n_batch, dtype=np.int64) if n_pad is None else n_pad
@@ -133,7 +137,9 @@ def transformer(inputs, wte, wpe, blocks, ln_f, n_head, kv_cache=None, start=0, 
     mask = attention_mask(n_pad, n_seq, start) if needs_mask else None  # [B, 1, T, start + T]
     for layer, block in enumerate(blocks):
         kv = None if kv_cache is None else kv_cache[layer]  # (keys, values) of this layer
-        x = transformer_block(x, **block, n_head=n_head, kv=kv, start=start, mask=mask)
+        x = transformer_block(x, **block, n_head=n_head, kv=kv, start=start, mask=mask, trace=trace)
+        if trace is not None:
+            trace.residual(x)
     return layer_norm(x, **ln_f)
 
 
