@@ -38,7 +38,7 @@ def token_repr(encoder: Encoder, token: int) -> str:
 
 def describe_step(encoder: Encoder, step: int, logits: np.ndarray, token: int, k: int) -> str:
     """One line for --show_probs: the model's top k next tokens with their probabilities, and the pick."""
-    probs = gpt2.softmax(logits)  # the model's own distribution (temperature 1, before any filtering)
+    probs = gpt2.softmax(logits)  # what the choice was made from: temperature 1, after any penalties, unfiltered
     top = np.argsort(-probs, kind="stable")[:k]
     candidates = "  ".join(f"{token_repr(encoder, t)} {probs[t]:.1%}" for t in top)
     return f"step {step + 1:>4}: chose {token_repr(encoder, token)} ({probs[token]:.1%})  | {candidates}"
@@ -67,18 +67,18 @@ def stream_continuation(
 
 
 def load_model(args: argparse.Namespace) -> tuple[Encoder, dict, dict]:
+    """--model's directory or hub name, or else --model_size from --models_dir (downloaded if missing)."""
     if args.model is not None:
         encoder, hparams, params = utils.load_model(args.model, args.verify)
-        if hparams.get("weights_dtype", "F32") != "F32":
-            print(f"gpt2.py: note: {args.model} holds {hparams['weights_dtype']} weights, converted to float32 "
-                  "in memory", file=sys.stderr)
-        check_keep(args, hparams["n_ctx"])
-        return encoder, hparams, params
-    models_dir = args.models_dir or "models"
-    if args.models_dir is not None and not os.path.isdir(models_dir):  # a typo should not start a download elsewhere
-        raise GPT2Error(f"--models_dir {models_dir} is not a directory: create it or check the path")
-    encoder, hparams, params = utils.load_encoder_hparams_and_params(args.model_size, models_dir, args.base_url,
-                                                                     args.verify)
+    else:
+        models_dir = args.models_dir or "models"
+        if args.models_dir is not None and not os.path.isdir(models_dir):  # a typo must not download elsewhere
+            raise GPT2Error(f"--models_dir {models_dir} is not a directory: create it or check the path")
+        encoder, hparams, params = utils.load_encoder_hparams_and_params(args.model_size, models_dir,
+                                                                         args.base_url, args.verify)
+    if hparams.get("weights_dtype", "F32") != "F32":
+        print(f"gpt2.py: note: {args.model} holds {hparams['weights_dtype']} weights, converted to float32 "
+              "in memory", file=sys.stderr)
     check_keep(args, hparams["n_ctx"])  # the first moment n_ctx is known; the weights are only mapped yet
     return encoder, hparams, params
 
@@ -110,7 +110,7 @@ def say_shift_once(n_ctx: int, keep: int) -> Callable:
 
 class Watch:
     """Passes the generation's steps through, noting when each one arrived and, for --explain, its
-    top 10 candidates (computed from the step's own logits, before the next step reuses nothing)."""
+    top 10 candidates, computed from the step's own logits as they pass."""
 
     def __init__(self, steps: Iterable, top_k: int = 0):
         self.steps, self.top_k = steps, top_k

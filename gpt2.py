@@ -205,8 +205,9 @@ def generate_batch_steps(prompts, params, n_head, n_tokens_to_generate, picks=No
     windows = [list(prompt) for prompt in prompts] if can_overflow else None  # each row's tokens in its window
     x = transformer(tokens, **params, n_head=n_head, kv_cache=kv_cache, n_pad=n_pad)  # [n_batch, n_longest, n_embd]
     column = n_longest  # where the next new tokens go in the cache
+    head_t = head(**params).T  # [n_embd, n_vocab], a view
     for step in range(n_tokens_to_generate):
-        logits = x[:, -1] @ head(**params).T  # [n_batch, n_embd] -> [n_batch, n_vocab]
+        logits = x[:, -1] @ head_t  # [n_batch, n_embd] -> [n_batch, n_vocab]
         new_tokens = [int(pick(row)) for pick, row in zip(picks, logits)]
         yield new_tokens, logits
         if step + 1 == n_tokens_to_generate:  # no forward pass after the last token
@@ -286,12 +287,12 @@ def generate_completions(prompts, params, n_head, n_tokens_to_generate, picks=No
 # ---------------------------------------------------------------- scoring
 
 
-def target_logprobs(x, wte, targets, rows_at_once=256):  # [n, n_embd], [n] -> [n]
+def target_logprobs(x, head_weights, targets, rows_at_once=256):  # [n, n_embd], [n] -> [n]
     """log p(targets[i] | the context that produced x[i]); the head runs on a few rows at a time,
     since all n_ctx rows of logits at once would take n_ctx * n_vocab * 4 bytes (200 MB for GPT-2)."""
     out = np.empty(len(targets), dtype=np.float32)
     for i in range(0, len(targets), rows_at_once):
-        logits = x[i : i + rows_at_once] @ wte.T  # [rows, n_embd] -> [rows, n_vocab]
+        logits = x[i : i + rows_at_once] @ head_weights.T  # [rows, n_embd] -> [rows, n_vocab]
         peak = np.max(logits, axis=-1, keepdims=True)
         log_total = np.log(np.sum(np.exp(logits - peak), axis=-1)) + peak[:, 0]  # log-sum-exp: [rows]
         out[i : i + rows_at_once] = logits[np.arange(len(logits)), targets[i : i + rows_at_once]] - log_total
