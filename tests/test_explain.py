@@ -20,7 +20,7 @@ import gpt2
 import model_card
 import reference
 import utils
-from conftest import REPO_DIR, load_fixture
+from conftest import REPO_DIR, load_fixture, symlinked_models_dir
 from encoder import get_encoder
 
 ENV = dict(os.environ, GPT2_BASE_URL="http://127.0.0.1:9/gpt-2/models", PYTHONIOENCODING="utf-8")
@@ -29,9 +29,7 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 @pytest.fixture(scope="module")
 def models_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("models")
-    os.symlink(reference.fixture_dir("tiny-b"), root / "124M")
-    return root
+    return symlinked_models_dir(tmp_path_factory, {"124M": "tiny-b"})
 
 
 def run_cli(*args):

@@ -19,8 +19,8 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 import cli
-import reference
 import utils
+from conftest import symlinked_models_dir
 
 PROMPT_TEXT = st.text(st.characters(exclude_categories=["Cs"], exclude_characters="\x00"), max_size=40)
 FILE_BYTES = st.one_of(
@@ -52,10 +52,7 @@ OUTPUT_BEFORE = st.sampled_from([None, b"", b"garbage without newline", b'{"line
 
 @pytest.fixture(scope="module")
 def models_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("models")
-    os.symlink(reference.fixture_dir("tiny-a"), root / "124M")
-    os.symlink(reference.fixture_dir("tiny-b"), root / "355M")
-    return root
+    return symlinked_models_dir(tmp_path_factory, {"124M": "tiny-a", "355M": "tiny-b"})
 
 
 @pytest.fixture(scope="module")
