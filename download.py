@@ -46,14 +46,19 @@ DEFAULT_BASE_URL = "https://openaipublic.blob.core.windows.net/gpt-2/models"
 BASE_URL_ENV = "GPT2_BASE_URL"  # overrides DEFAULT_BASE_URL (tests point it at a local server)
 CHUNK_SIZE = 1 << 20  # read at most 1 MiB at a time
 TIMEOUT = (10, 60)  # seconds to connect, then to wait for each read, before a try counts as failed
-RETRIES = 4  # further tries of a request or of a body cut off midway, within one run
+RETRIES = 4  # further tries of a request, or of a body cut off midway, within one run
 BACKOFF = 0.5  # seconds before the first retry, doubling after each
+PROGRESS = 1 << 20  # a body cut off after this many new bytes renews the retries: a flaky line still gets there
 LOCK_FILE = ".download.lock"
 NETWORK_HINT = f"check your network or set {BASE_URL_ENV} / --base_url"
 
 
 class Interrupted(Exception):
     """A body ended early (reset, timeout, cut short): worth another try from the bytes on disk."""
+
+    def __init__(self, message: str, received: int) -> None:
+        super().__init__(message)
+        self.received = received  # bytes of the body that reached the .part before it ended
 
 
 def download_model_files(model_size: str, models_dir: str, base_url: str | None = None) -> str:
@@ -142,6 +147,9 @@ def new_session() -> "requests.Session":
     retry = Retry(total=RETRIES, connect=2, backoff_factor=BACKOFF, status_forcelist=(429, 500, 502, 503, 504),
                   allowed_methods=("GET",), raise_on_status=False)
     session = requests.Session()
+    # requests asks for gzip by default, and a web server may then compress JSON and text on the way,
+    # with a Content-Length (and even Content-MD5) of the compressed body: the files must come as they are.
+    session.headers["Accept-Encoding"] = "identity"
     session.mount("http://", HTTPAdapter(max_retries=retry))
     session.mount("https://", HTTPAdapter(max_retries=retry))
     return session
@@ -150,14 +158,17 @@ def new_session() -> "requests.Session":
 def download_file(session: "requests.Session", url: str, path: str) -> None:
     """Download `url` to `path` through `path`.part (resuming it when it can), verify it, rename it."""
     part = path + ".part"
-    for attempt in range(RETRIES + 1):
+    failures = 0  # tries in a row that brought less than PROGRESS bytes
+    while True:
         try:
             facts = fetch_into_part(session, url, part)
             break
         except Interrupted as e:
-            if attempt == RETRIES:
-                raise GPT2Error(f"{e} (tried {RETRIES + 1} times); run again to resume, or {NETWORK_HINT}") from None
-            time.sleep(BACKOFF * 2**attempt)
+            failures = 0 if e.received >= PROGRESS else failures + 1
+            if failures > RETRIES:
+                raise GPT2Error(f"{e} ({failures} tries in a row failed); run again to resume, "
+                                f"or {NETWORK_HINT}") from None
+            time.sleep(BACKOFF * 2 ** max(failures - 1, 0))
     check_md5(part, facts.get("md5"), url)
     try:
         os.replace(part, path)  # atomic: the final name only ever names a complete file
@@ -175,7 +186,7 @@ def fetch_into_part(session: "requests.Session", url: str, part: str) -> dict:
         headers["If-Range"] = facts["validator"]  # the file changed since: the server sends all of it
     with open_response(session, url, headers) as response:
         if response.status_code == 206 and resume:
-            check_content_range(response, offset, facts["size"], part, url)
+            check_content_range(response, offset, facts["size"], part, url)  # else it starts over
         else:  # a first request, or the server ignored Range or If-Range: the whole file, from byte 0
             offset, facts = 0, facts_of(response, url)
             write_facts(part, facts)  # before any byte of the body, so a later run can resume
@@ -192,17 +203,22 @@ def open_response(session: "requests.Session", url: str, headers: dict) -> "requ
         raise GPT2Error(f"invalid URL {url} ({e}); set {BASE_URL_ENV} / --base_url to an http(s) URL") from None
     except (requests.exceptions.MissingSchema, requests.exceptions.InvalidSchema):
         raise GPT2Error(f"invalid URL {url}; set {BASE_URL_ENV} / --base_url to an http(s) URL") from None
-    except requests.exceptions.RetryError as e:  # 429/5xx after every retry
-        raise GPT2Error(f"cannot download {url}: {describe(e)}; {NETWORK_HINT}") from None
-    except requests.exceptions.RequestException as e:  # refused, DNS, timeout: after every retry
+    except requests.exceptions.RequestException as e:  # refused, DNS, timeout, redirect loop: after every retry
         raise GPT2Error(f"cannot download {url}: {describe(e)}; {NETWORK_HINT}") from None
     if response.status_code == 416 and "Range" in headers:  # the .part is as long as the file, or longer
         response.close()
         return open_response(session, url, {})
     if response.status_code not in (200, 206):
         response.close()
+        busy = response.status_code == 429 or response.status_code >= 500  # still so after every retry
+        advice = "the server is busy or failing: try again later" if busy else "check the model size"
         raise GPT2Error(f"cannot download {url}: HTTP {response.status_code} {response.reason}; "
-                        f"check the model size, or set {BASE_URL_ENV} / --base_url")
+                        f"{advice}, or set {BASE_URL_ENV} / --base_url")
+    encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding != "identity":  # stored compressed: its length and Range would count compressed bytes
+        response.close()
+        raise GPT2Error(f"cannot download {url}: the server sends it compressed (Content-Encoding: {encoding}); "
+                        f"set {BASE_URL_ENV} / --base_url to a server that sends the files as they are")
     return response
 
 
@@ -226,12 +242,16 @@ def facts_of(response: "requests.Response", url: str) -> dict:
 
 
 def check_content_range(response: "requests.Response", offset: int, size: int, part: str, url: str) -> None:
-    """A 206 must continue exactly where the .part ends, of a file of the size we started."""
+    """A 206 must continue exactly where the .part ends, of a file of the size we started. If not
+    (a server that sends other bytes, or a file replaced by one of another size without a validator),
+    the .part cannot be trusted: it is removed, and the next try starts over from byte 0."""
     content_range = response.headers.get("Content-Range", "")
     match = re.fullmatch(r"bytes (\d+)-\d+/(\d+)", content_range.strip())
     if not match or int(match[1]) != offset or int(match[2]) != size:
-        raise GPT2Error(f"cannot resume {url}: the server answered a request from byte {offset} with "
-                        f"Content-Range {content_range!r}; delete {part} to start over")
+        remove_quietly(part)
+        remove_quietly(facts_path(part))
+        raise Interrupted(f"the server answered a request for {url} from byte {offset} with Content-Range "
+                          f"{content_range!r}, so it started over", 0)
 
 
 def receive_body(response: "requests.Response", part: str, offset: int, size: int, url: str) -> None:
@@ -255,11 +275,11 @@ def receive_body(response: "requests.Response", part: str, offset: int, size: in
                 bar.update(len(chunk))
     except (urllib3.exceptions.HTTPError, ConnectionError, TimeoutError) as e:  # reset, timeout, cut short
         raise Interrupted(f"connection lost while downloading {url} ({describe(e)}) "
-                          f"after {size_on_disk(part)} of {size} bytes") from None
+                          f"after {received} of {size} bytes", received - offset) from None
     except OSError as e:  # reading errors are caught above, so these come from the disk
         raise disk_error(e, part) from None
     if received != size:
-        raise Interrupted(f"download of {url} ended after {received} of {size} bytes")
+        raise Interrupted(f"download of {url} ended after {received} of {size} bytes", received - offset)
 
 
 def disk_error(error: OSError, path: str) -> GPT2Error:

@@ -8,6 +8,7 @@ deleted) and says so, and the next run downloads it anew.
 """
 import json
 import os
+import sys
 
 import numpy as np
 
@@ -54,6 +55,10 @@ def verify_checkpoint(prefix: str, entries: dict, data: np.ndarray, force: bool 
     versions = file_versions([data_path, index_path])
     if not force and remembered(model_dir) == versions:
         return
+    if not tf_checkpoint.CRC32C_IN_C:  # it works, but a user waiting a minute should know why
+        print(f"checking {data_path} against its CRC32C checksums with google-crc32c's pure-Python fallback "
+              "(about 1 minute per 500 MB); a build of google-crc32c with its C extension makes this instant",
+              file=sys.stderr, flush=True)
     corrupt = tf_checkpoint.first_corrupt_tensor(data, entries)
     if corrupt is None:
         remember(model_dir, versions)

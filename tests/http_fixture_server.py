@@ -9,15 +9,21 @@ only, as Azure does). It records every request, and misbehaves on demand, per fi
     server.drop_after[path] = n      reset the connection after n body bytes, once
     server.drop_every[path] = n      reset the connection after n body bytes, on every GET
     server.truncate_after[path] = n  announce the full length, send n bytes, close cleanly, once
+    server.stall_after[path] = n     send n body bytes, then nothing for server.stall_seconds, then close, once
+    server.fail_with[path] = [503]   answer the next GETs of path with these error statuses, one each
+    server.wrong_content_range = True  answer a Range request with 206 and the whole file, from byte 0
     server.not_found.add(path)       answer 404
     server.wrong_md5.add(path)       send a Content-MD5 that does not match
     server.ignore_range = True       answer every GET with the whole file (200)
     server.head_status = 405         answer every HEAD with this error status (403, 405, 501, ...)
     server.send_md5 = False          send no Content-MD5 at all
     server.chunk_delay = 0.05        sleep this long after each 16 KiB of a body, so a download stays in flight
+    server.gzip = "when asked"       gzip whole-file bodies (Content-Encoding: gzip) for clients accepting it,
+                                     as a web server compressing JSON and text does; "always": even if not
 """
 import base64
 import dataclasses
+import gzip
 import hashlib
 import re
 import socket
@@ -36,6 +42,7 @@ class Request:
     range: str | None  # the Range header, if any
     sent: int = 0  # body bytes written to the socket
     if_range: str | None = None  # the If-Range header, if any
+    accept_encoding: str | None = None  # the Accept-Encoding header, if any
 
 
 class FixtureServer:
@@ -45,12 +52,17 @@ class FixtureServer:
         self.drop_after = {}
         self.drop_every = {}
         self.truncate_after = {}
+        self.stall_after = {}
+        self.stall_seconds = 1.0
+        self.fail_with = {}
+        self.wrong_content_range = False
         self.not_found = set()
         self.wrong_md5 = set()
         self.ignore_range = False
         self.head_status = None
         self.send_md5 = True
         self.chunk_delay = 0.0
+        self.gzip = None
         self.lock = threading.Lock()  # handlers run in their own threads
         self._httpd = _Server(("127.0.0.1", 0), _Handler)
         self._httpd.fixture = self
@@ -98,11 +110,12 @@ class FixtureServer:
         return base64.b64encode(digest).decode("ascii")
 
     def take_fault(self, path):
-        """("drop" | "truncate", n) for a fault armed on `path`, disarming a one-time fault; else (None, None)."""
+        """(kind, n) of the fault armed on `path`, disarming a one-time one; (None, None) if none."""
         with self.lock:
             if path in self.drop_every:
                 return "drop", self.drop_every[path]
-            for kind, faults in (("drop", self.drop_after), ("truncate", self.truncate_after)):
+            for kind, faults in (("drop", self.drop_after), ("truncate", self.truncate_after),
+                                 ("stall", self.stall_after)):
                 if path in faults:
                     return kind, faults.pop(path)
         return None, None
@@ -133,7 +146,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _serve(self, send_body):
         fixture = self.server.fixture
-        request = Request(self.command, self.path, self.headers.get("Range"), if_range=self.headers.get("If-Range"))
+        request = Request(self.command, self.path, self.headers.get("Range"), if_range=self.headers.get("If-Range"),
+                          accept_encoding=self.headers.get("Accept-Encoding"))
         with fixture.lock:
             fixture.requests.append(request)
         if not send_body and fixture.head_status:
@@ -142,6 +156,12 @@ class _Handler(BaseHTTPRequestHandler):
         data = fixture.content(self.path)
         if data is None or self.path in fixture.not_found:
             self.send_error(404)
+            return
+        with fixture.lock:
+            failures = fixture.fail_with.get(self.path) if send_body else None
+            failure = failures.pop(0) if failures else None
+        if failure:
+            self.send_error(failure)
             return
         etag = '"' + hashlib.md5(data).hexdigest() + '"'
         start = fixture.range_start(request.range, request.if_range, etag)
@@ -153,8 +173,15 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if start is None:
             self.send_response(200)
-            if fixture.send_md5:
-                self.send_header("Content-MD5", fixture.content_md5(self.path, data))
+            body = data
+            if fixture.gzip == "always" or (fixture.gzip and "gzip" in (request.accept_encoding or "")):
+                self.send_header("Content-Encoding", "gzip")
+                body = gzip.compress(data, mtime=0)
+            if fixture.send_md5:  # of the body as sent, compressed or not (RFC 2616, 14.15)
+                self.send_header("Content-MD5", fixture.content_md5(self.path, body))
+        elif fixture.wrong_content_range:
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes 0-{len(data) - 1}/{len(data)}")
             body = data
         else:
             self.send_response(206)
@@ -177,6 +204,9 @@ class _Handler(BaseHTTPRequestHandler):
             if fixture.chunk_delay:
                 self.wfile.flush()
                 time.sleep(fixture.chunk_delay)
+        if fault == "stall":
+            self.wfile.flush()
+            time.sleep(fixture.stall_seconds)  # the client's read timeout should give up first
         if fault == "drop":
             # Give the client a moment to read what was sent, then close with SO_LINGER set to 0:
             # the kernel sends a TCP RST, so the client sees "connection reset by peer".

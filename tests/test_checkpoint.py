@@ -232,3 +232,28 @@ def test_a_read_only_model_directory_is_checked_without_remembering(copied_model
     read_tensors(copied_model_dir)  # no error: the pass simply is not remembered
     assert not (copied_model_dir / ".verified.json").exists()
 
+
+
+def test_crc32c_gives_the_castagnoli_check_value():
+    """0xE3069283 is CRC-32C's published check value, the CRC of the 9 bytes "123456789" (RFC 3720's
+    polynomial; the "check" column of the catalogue of parametrised CRC algorithms)."""
+    assert tf_checkpoint.crc32c(b"123456789") == 0xE3069283
+
+
+PIECE = tf_checkpoint.CRC_PIECE
+
+
+@pytest.mark.parametrize("size", [0, 1, PIECE - 1, PIECE, 2 * PIECE + 7])
+def test_crc32c_of_a_mapped_array_fed_in_pieces_equals_that_of_its_bytes(size):
+    data = np.random.default_rng(size).integers(0, 256, size, dtype=np.uint8)
+    data.flags.writeable = False  # as the memory map of a data file is
+    assert tf_checkpoint.crc32c(data) == tf_checkpoint.crc32c(data.tobytes())
+
+
+def test_a_check_with_the_pure_python_crc32c_says_on_stderr_why_it_is_slow(copied_model_dir, monkeypatch, capsys):
+    monkeypatch.setattr(tf_checkpoint, "CRC32C_IN_C", False)
+    read_tensors(copied_model_dir)
+    (line,) = capsys.readouterr().err.splitlines()
+    assert "pure-Python" in line and DATA in line
+    read_tensors(copied_model_dir)  # the pass is remembered: no check, nothing to say
+    assert capsys.readouterr().err == ""

@@ -10,6 +10,7 @@ import json
 import os
 import random
 import socket
+import time
 
 import pytest
 from tqdm import tqdm
@@ -118,7 +119,7 @@ def test_a_connection_that_keeps_dropping_fails_after_retries_and_the_next_run_r
     server.drop_every[path] = 30_000
     message = failed_download(server.url, models_dir)
     tries = download.RETRIES + 1
-    assert f"tried {tries} times" in message and "run again to resume" in message
+    assert f"{tries} tries in a row failed" in message and "run again to resume" in message
     assert len(server.gets(path)) == tries
     part = models_dir / SIZE / (DATA + ".part")
     assert part.stat().st_size == tries * 30_000  # each try added what it received
@@ -128,6 +129,57 @@ def test_a_connection_that_keeps_dropping_fails_after_retries_and_the_next_run_r
     fetch_model(server.url, models_dir)
     assert (models_dir / SIZE / DATA).read_bytes() == served(server, DATA)
     assert server.gets(path)[-1].range == f"bytes={tries * 30_000}-"
+
+
+def test_a_connection_that_drops_after_each_stretch_of_progress_keeps_going_to_the_end(server, models_dir,
+                                                                                        monkeypatch):
+    """A try that brought at least PROGRESS new bytes renews the retries: a long file on a line that
+    drops every so often gets there within the run (here 13 tries of 30 KB for 390 KB)."""
+    monkeypatch.setattr(download, "PROGRESS", 20_000)
+    path = url_path(DATA)
+    server.drop_every[path] = 30_000
+    fetch_model(server.url, models_dir)
+    assert (models_dir / SIZE / DATA).read_bytes() == served(server, DATA)
+    assert len(server.gets(path)) == -(-len(served(server, DATA)) // 30_000)
+
+
+def test_a_read_timeout_mid_file_is_resumed_within_the_same_run(server, models_dir, monkeypatch):
+    """The server goes silent after 50 KB for 10 s: the 0.3 s read timeout gives up on it long before."""
+    monkeypatch.setattr(download, "TIMEOUT", (5, 0.3))
+    path = url_path(DATA)
+    server.stall_after[path], server.stall_seconds = 50_000, 10
+    start = time.monotonic()
+    fetch_model(server.url, models_dir)
+    assert time.monotonic() - start < 5, "the stalled body should have timed out after 0.3 s"
+    assert (models_dir / SIZE / DATA).read_bytes() == served(server, DATA)
+    assert [get.range for get in server.gets(path)] == [None, "bytes=50000-"]
+
+
+def test_a_server_error_before_the_body_is_retried_within_the_same_run(server, models_dir):
+    """urllib3's Retry answers 503 and the like with another try; a resuming request keeps its Range."""
+    path = url_path(DATA)
+    server.truncate_after[path] = 50_000
+    server.fail_with[path] = [None, 503, 502]  # the first GET is served (and cut short); the next two fail
+    fetch_model(server.url, models_dir)
+    assert (models_dir / SIZE / DATA).read_bytes() == served(server, DATA)
+    assert [get.range for get in server.gets(path)] == [None] + ["bytes=50000-"] * 3
+
+
+def test_a_server_failing_every_try_is_a_one_line_error_saying_to_try_later(server, models_dir):
+    server.fail_with[url_path("checkpoint")] = [503] * 10
+    message = failed_download(server.url, models_dir)
+    assert "HTTP 503" in message and "try again later" in message
+    assert len(server.gets(url_path("checkpoint"))) == download.RETRIES + 1
+
+
+def test_a_resume_answered_with_other_bytes_starts_over(server, models_dir):
+    """A 206 that does not start where the .part ends cannot be appended: the run starts over from byte 0."""
+    interrupted_download(server, models_dir)
+    server.wrong_content_range = True
+    fetch_model(server.url, models_dir)
+    assert (models_dir / SIZE / DATA).read_bytes() == served(server, DATA)
+    ranged, fresh = server.gets(url_path(DATA))[-2:]
+    assert ranged.range is not None and fresh.range is None
 
 
 def test_http_404_names_url_and_status(server, models_dir):
@@ -383,3 +435,22 @@ def test_default_base_url_is_openais():
     assert download.resolve_base_url(None) == download.DEFAULT_BASE_URL
     url = download.model_file_url(download.resolve_base_url(None), SIZE, "hparams.json")
     assert url == f"{download.DEFAULT_BASE_URL}/{SIZE}/hparams.json"
+
+
+def test_a_server_that_compresses_when_asked_is_asked_for_the_bytes_as_they_are(server, models_dir):
+    """Web servers gzip JSON and text for clients that accept it, with a Content-Length and Content-MD5
+    of what they send: saved as received, encoder.json would pass both checks and be gzip, not JSON."""
+    server.gzip = "when asked"
+    fetch_model(server.url, models_dir)
+    for name in download.MODEL_FILES:
+        assert (models_dir / SIZE / name).read_bytes() == served(server, name), name
+    assert {request.accept_encoding for request in server.requests} == {"identity"}
+
+
+def test_a_server_that_always_compresses_is_a_one_line_error_and_saves_nothing(server, models_dir):
+    """A file stored compressed (Content-Encoding: gzip whatever the client asks): its length and
+    ranges count compressed bytes, so it is refused rather than saved as something else."""
+    server.gzip = "always"
+    message = failed_download(server.url, models_dir)
+    assert "Content-Encoding: gzip" in message and "--base_url" in message
+    assert not any(name.startswith("checkpoint") for name in os.listdir(models_dir / SIZE))
