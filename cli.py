@@ -76,6 +76,9 @@ def load_model(args: argparse.Namespace) -> tuple[Encoder, dict, dict]:
             raise GPT2Error(f"--models_dir {models_dir} is not a directory: create it or check the path")
         encoder, hparams, params = utils.load_encoder_hparams_and_params(args.model_size, models_dir,
                                                                          args.base_url, args.verify)
+    if args.verify and hparams.get("format") == "huggingface":
+        print("gpt2.py: note: --verify checks the CRC32C checksums of OpenAI's checkpoints; a safetensors file "
+              "holds none, so only its structure was checked", file=sys.stderr)
     if hparams.get("weights_dtype", "F32") != "F32":
         print(f"gpt2.py: note: {args.model} holds {hparams['weights_dtype']} weights, converted to float32 "
               "in memory", file=sys.stderr)

@@ -55,7 +55,8 @@ def load_config(model_dir: str) -> dict:
     if not (type(n_inner) is int and n_inner > 0 and isinstance(eps, (int, float)) and 0 < eps < 1):
         raise GPT2Error(f"{path}: n_inner ({n_inner!r}) or layer_norm_epsilon ({eps!r}) is out of range")
     tied = config.get("tie_word_embeddings", True)
-    return {**hparams, "n_inner": n_inner, "layer_norm_epsilon": float(eps), "tied": bool(tied)}
+    return {**hparams, "n_inner": n_inner, "layer_norm_epsilon": float(eps), "tied": bool(tied),
+            "format": "huggingface"}
 
 
 def tensor_shapes(hparams: dict) -> dict[str, tuple[int, ...]]:

@@ -340,3 +340,9 @@ def test_model_and_model_size_together_are_a_one_line_error():
 def test_cli_model_accepts_an_openai_format_directory():
     result = run_cli(reference.CLI_PROMPT, "--model", reference.fixture_dir("tiny-a"), "--n_tokens_to_generate", 4)
     assert result.returncode == 0, result.stderr.decode()
+
+
+def test_verify_on_a_safetensors_model_says_there_are_no_checksums():
+    result = run_cli("hi", "--model", reference.fixture_dir("hf-a"), "--n_tokens_to_generate", 2, "--verify")
+    assert result.returncode == 0 and b"holds none" in result.stderr
+
