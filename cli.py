@@ -1,5 +1,6 @@
-"""The command line: `python gpt2.py PROMPT ...` (or `python cli.py ...`) parses its options here and
-runs one of three modes: continue one prompt, continue every prompt of a file, or score a text."""
+"""The command line: `python gpt2.py PROMPT ...` (or `python cli.py ...`) runs one of its modes:
+continue one prompt, continue every prompt of a file, or score a text. cli_options.py parses the
+options."""
 import argparse
 import codecs
 import io
@@ -12,149 +13,20 @@ from typing import TYPE_CHECKING, BinaryIO, Callable, Iterable, TextIO
 
 import numpy as np
 
+import explain
+import explain_page
 import gpt2
+import model_card
 import sampling
+import utils
 from cli_files import Prompt, append_records, completion_record, count_finished_records, read_prompts, read_text
-from download import MODEL_SIZES
+from cli_options import parse_args
 from encoder import Encoder
 from errors import GPT2Error, UsageError
-from stop_text import StopWatcher, parse_escapes
-from utils import load_encoder_hparams_and_params
+from stop_text import StopWatcher
 
 if TYPE_CHECKING:
     from tqdm import tqdm
-
-
-class OneLineErrorParser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
-def positive_int(text: str) -> int:
-    value = int(text)  # argparse turns a ValueError into "invalid positive_int value: 'x'"
-    if value < 1:
-        raise ValueError(text)
-    return value
-
-
-def non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise ValueError(text)
-    return value
-
-
-def non_negative_float(text: str) -> float:
-    value = float(text)
-    if not value >= 0 or math.isinf(value):  # also rejects nan
-        raise ValueError(text)
-    return value
-
-
-def probability(text: str) -> float:
-    value = float(text)
-    if not 0 < value <= 1:
-        raise ValueError(text)
-    return value
-
-
-def penalty_factor(text: str) -> float:
-    value = float(text)
-    if not (value > 0 and math.isfinite(value)):  # also rejects nan
-        raise ValueError(text)
-    return value
-
-
-def openai_penalty(text: str) -> float:
-    value = float(text)
-    if not -2 <= value <= 2:  # OpenAI's range; also rejects nan
-        raise ValueError(text)
-    return value
-
-
-def stop_text(text: str) -> str:
-    try:
-        value = parse_escapes(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-    if not value:
-        raise argparse.ArgumentTypeError("a stop text cannot be empty")
-    return value
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineErrorParser(
-        prog="gpt2.py",
-        description="Continue a prompt with OpenAI's GPT-2, in plain NumPy; or many prompts; or score a text.",
-        epilog="A prompt that starts with '-' goes after '--', e.g. gpt2.py -- '-1 is a number'.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    add = parser.add_argument
-    add("prompt", nargs="?", help="text to continue, exactly as typed ('' for an unconditional sample)")
-    add("--n_tokens_to_generate", type=positive_int, default=40, help="how many tokens to add")
-    add("--model_size", choices=MODEL_SIZES, default="124M", help="which GPT-2 release")
-    add("--models_dir", default=None,
-        help="where model files are kept; it must exist (default: ./models, created on first use)")
-    add("--base_url", default=None, help="download from here instead of OpenAI's bucket (or set GPT2_BASE_URL)")
-    add("--verify", action="store_true",
-        help="check every tensor against its checkpoint's CRC32C checksum again (done once after each download)")
-    add("--threads", type=positive_int, default=None,
-        help="BLAS threads (default: as OMP_NUM_THREADS / OPENBLAS_NUM_THREADS, else all cores)")
-    sampling = parser.add_argument_group("choosing tokens").add_argument
-    sampling("--temperature", type=non_negative_float, default=0.0, help="0: greedy; higher: more random")
-    sampling("--top_k", type=non_negative_int, default=0, help="sample among the K most likely tokens (0: all)")
-    sampling("--top_p", type=probability, default=1.0,
-             help="sample among the most likely tokens holding this much probability (1: all)")
-    sampling("--seed", type=non_negative_int, default=None, help="random seed: the same seed gives the same sample")
-    sampling("--ignore_eos", action="store_true", help="keep going after <|endoftext|> instead of stopping")
-    sampling("--show_probs", type=non_negative_int, default=0, metavar="K",
-             help="print the top K candidates of every step on stderr")
-    sampling("--stop", type=stop_text, action="append", metavar="TEXT",
-             help=r"end where the continuation first contains TEXT (repeatable; \n, \t, \xHH, \uHHHH understood)")
-    sampling("--repetition_penalty", type=penalty_factor, default=1.0, metavar="R",
-             help="penalise every token already in prompt or continuation (transformers' semantics; 1: off)")
-    sampling("--frequency_penalty", type=openai_penalty, default=0.0, metavar="F",
-             help="subtract F x (times generated) from a token's logit (OpenAI's semantics; -2 to 2)")
-    sampling("--presence_penalty", type=openai_penalty, default=0.0, metavar="P",
-             help="subtract P from the logit of every token generated so far (OpenAI's semantics; -2 to 2)")
-    sampling("--context_keep", type=positive_int, default=None, metavar="K",
-             help="past the context window, go on from the last K tokens, below n_ctx (default: n_ctx // 2)")
-    batch = parser.add_argument_group("many prompts").add_argument
-    batch("--prompts_file", metavar="PATH",
-          help='generate for each line of PATH (of a .jsonl file: each {"prompt": ...}); prints JSON Lines')
-    batch("--batch_size", type=positive_int, default=8, help="how many prompts share each forward pass")
-    batch("--output", metavar="PATH",
-          help="write the JSON Lines here; run again with the same arguments to continue an interrupted run")
-    scoring = parser.add_argument_group("scoring a text").add_argument
-    scoring("--score", metavar="PATH",
-            help="print the average negative log-likelihood and perplexity of PATH's text ('-': standard input)")
-    scoring("--stride", type=positive_int, default=None,
-            help="for texts longer than n_ctx, how far the window moves; below n_ctx (default: n_ctx // 2)")
-    scoring("--json", action="store_true", help="with --score: print JSON, with every token's log-probability")
-    return parser
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if (args.prompt is not None) + (args.prompts_file is not None) + (args.score is not None) != 1:
-        parser.error("give exactly one of: a prompt, --prompts_file PATH, --score PATH")
-    for option, value, needs, mode in [
-        ("--output", args.output, "--prompts_file", args.prompts_file),
-        ("--json", args.json, "--score", args.score),
-        ("--stride", args.stride, "--score", args.score),
-        ("--show_probs", args.show_probs, "a single prompt", args.prompt),
-    ]:
-        if value and mode is None:
-            parser.error(f"{option} goes with {needs}")
-    if args.score is not None:
-        generating_only = [("--stop", args.stop), ("--repetition_penalty", args.repetition_penalty != 1),
-                           ("--frequency_penalty", args.frequency_penalty),
-                           ("--presence_penalty", args.presence_penalty), ("--context_keep", args.context_keep)]
-        for option, value in generating_only:
-            if value:
-                parser.error(f"{option} goes with a prompt or --prompts_file, not --score")
-    return args
 
 
 # ---------------------------------------------------------------- one prompt
@@ -166,7 +38,7 @@ def token_repr(encoder: Encoder, token: int) -> str:
 
 def describe_step(encoder: Encoder, step: int, logits: np.ndarray, token: int, k: int) -> str:
     """One line for --show_probs: the model's top k next tokens with their probabilities, and the pick."""
-    probs = gpt2.softmax(logits)  # the model's own distribution (temperature 1, before any filtering)
+    probs = gpt2.softmax(logits)  # what the choice was made from: temperature 1, after any penalties, unfiltered
     top = np.argsort(-probs, kind="stable")[:k]
     candidates = "  ".join(f"{token_repr(encoder, t)} {probs[t]:.1%}" for t in top)
     return f"step {step + 1:>4}: chose {token_repr(encoder, token)} ({probs[token]:.1%})  | {candidates}"
@@ -195,10 +67,21 @@ def stream_continuation(
 
 
 def load_model(args: argparse.Namespace) -> tuple[Encoder, dict, dict]:
-    models_dir = args.models_dir or "models"
-    if args.models_dir is not None and not os.path.isdir(models_dir):  # a typo should not start a download elsewhere
-        raise GPT2Error(f"--models_dir {models_dir} is not a directory: create it or check the path")
-    encoder, hparams, params = load_encoder_hparams_and_params(args.model_size, models_dir, args.base_url, args.verify)
+    """--model's directory or hub name, or else --model_size from --models_dir (downloaded if missing)."""
+    if args.model is not None:
+        encoder, hparams, params = utils.load_model(args.model, args.verify)
+    else:
+        models_dir = args.models_dir or "models"
+        if args.models_dir is not None and not os.path.isdir(models_dir):  # a typo must not download elsewhere
+            raise GPT2Error(f"--models_dir {models_dir} is not a directory: create it or check the path")
+        encoder, hparams, params = utils.load_encoder_hparams_and_params(args.model_size, models_dir,
+                                                                         args.base_url, args.verify)
+    if args.verify and hparams.get("format") == "huggingface":
+        print("gpt2.py: note: --verify checks the CRC32C checksums of OpenAI's checkpoints; a safetensors file "
+              "holds none, so only its structure was checked", file=sys.stderr)
+    if hparams.get("weights_dtype", "F32") != "F32":
+        print(f"gpt2.py: note: {args.model} holds {hparams['weights_dtype']} weights, converted to float32 "
+              "in memory", file=sys.stderr)
     check_keep(args, hparams["n_ctx"])  # the first moment n_ctx is known; the weights are only mapped yet
     return encoder, hparams, params
 
@@ -228,24 +111,89 @@ def say_shift_once(n_ctx: int, keep: int) -> Callable:
     return on_shift
 
 
+class Watch:
+    """Passes the generation's steps through, noting when each one arrived and, for --explain, its
+    top 10 candidates, computed from the step's own logits as they pass."""
+
+    def __init__(self, steps: Iterable, top_k: int = 0):
+        self.steps, self.top_k = steps, top_k
+        self.tokens: list[int] = []
+        self.times: list[float] = []  # seconds from the start of generation to each step's token
+        self.top: list[list[tuple[int, float]]] = []
+
+    def __iter__(self) -> Iterable:
+        start = time.perf_counter()
+        for token, logits in self.steps:
+            self.times.append(time.perf_counter() - start)
+            self.tokens.append(token)
+            if self.top_k:
+                self.top.append(explain.top_candidates(logits, self.top_k))
+            yield token, logits
+
+
+def print_timing(load_seconds: float, n_prompt: int, watch: Watch, card: dict) -> None:
+    """--timing: where the time went, on stderr; decoding reads every weight once per token."""
+    say = lambda text: print(f"timing: {text}", file=sys.stderr)  # noqa: E731
+    say(f"loading the model: {load_seconds:.2f} s")
+    if watch.times:
+        first = watch.times[0]
+        say(f"prompt pass, {n_prompt} tokens, to the first new token: {1000 * first:.1f} ms "
+            f"({n_prompt / first:.1f} tokens/s)")
+    if len(watch.times) > 1:
+        per_token = (watch.times[-1] - watch.times[0]) / (len(watch.times) - 1)
+        say(f"decode, {len(watch.times) - 1} tokens: {1000 * per_token:.1f} ms/token ({1 / per_token:.1f} tokens/s)")
+        read = card["bytes_read_per_token"]
+        say(f"each decode step reads {read / 2**20:.1f} MiB of weights: {read / per_token / 1e9:.1f} GB/s effective "
+            "bandwidth, so decoding is bound by memory, not arithmetic")
+
+
 def run_prompt(args: argparse.Namespace) -> None:
+    if args.explain:
+        explain_page.check_writable(args.explain)  # before any work
+    started = time.perf_counter()
     encoder, hparams, params = load_model(args)
+    load_seconds = time.perf_counter() - started
     inputs = encoder.encode(args.prompt) or [encoder.eot_token]  # empty prompt: start a new document
     gpt2.check_context(len(inputs), hparams["n_ctx"])
     pick = make_picker(args, args.seed, inputs)
     keep = args.context_keep or hparams["n_ctx"] // 2
     steps = gpt2.generate_steps(inputs, params, hparams["n_head"], args.n_tokens_to_generate, pick, keep,
                                 say_shift_once(hparams["n_ctx"], keep))
+    watch = Watch(steps, explain.TOP_K if args.explain else 0)
     eot_token = None if args.ignore_eos else encoder.eot_token
     # on one terminal, text streamed between the --show_probs rows would break them: text after rows
     one_terminal = args.show_probs and sys.stdout.isatty() and sys.stderr.isatty()
     out = io.BytesIO() if one_terminal else sys.stdout.buffer
-    stream_continuation(encoder, steps, eot_token, args.show_probs, out, sys.stderr, args.stop or [])
+    stream_continuation(encoder, watch, eot_token, args.show_probs, out, sys.stderr, args.stop or [])
     if one_terminal:
         sys.stdout.buffer.write(out.getvalue())
         sys.stdout.flush()
     if sys.stdout.isatty():
         print()  # end the line in a terminal; files and pipes get exactly the continuation
+    card = model_card.model_card(hparams, params) if args.timing or args.explain else None
+    if args.timing:
+        print_timing(load_seconds, len(inputs), watch, card)
+    if args.explain:
+        write_explain_report(args, encoder, hparams, params, inputs, watch, card)
+
+
+def write_explain_report(args: argparse.Namespace, encoder: Encoder, hparams: dict, params: dict,
+                         prompt: list[int], watch: Watch, card: dict) -> None:
+    name = args.model or f"GPT-2 {args.model_size}"
+    data = explain.explain_data(encoder, hparams, params, prompt, watch.tokens, watch.top,
+                                model_card.format_card(card, name))
+    used = {t["id"] for t in data["tokens"]} | {int(i) for i in np.unique(data["lens_ids"])}
+    used |= {token for step in watch.top for token, _ in step}
+    explain_page.write_report(args.explain, data, {t: encoder.decode([t]) for t in used},
+                              f"Inside {name}: {args.prompt[:60]!r}")
+    print(f"gpt2.py: wrote {args.explain}", file=sys.stderr)
+
+
+def run_info(args: argparse.Namespace) -> None:
+    """--info: the model card, without generating; the weights are only mapped, never read."""
+    encoder, hparams, params = load_model(args)
+    name = args.model or f"GPT-2 {args.model_size}"
+    print(model_card.format_card(model_card.model_card(hparams, params), name))
 
 
 # ---------------------------------------------------------------- many prompts
@@ -358,7 +306,9 @@ def progress_bar(**kwargs: object) -> "tqdm":
 
 
 def run(args: argparse.Namespace) -> None:
-    if args.score is not None:
+    if args.info:
+        run_info(args)
+    elif args.score is not None:
         run_score(args)
     elif args.prompts_file is not None:
         run_prompts_file(args)

@@ -52,22 +52,87 @@ CACHED_WORD_LENGTH = 64
 
 def get_encoder(model_size: str, models_dir: str) -> "Encoder":
     """Load the tokenizer from <models_dir>/<model_size>/encoder.json and vocab.bpe."""
-    folder = os.path.join(models_dir, model_size)
-    encoder_path = os.path.join(folder, "encoder.json")
-    merges_path = os.path.join(folder, "vocab.bpe")
+    return load_vocabulary_files(os.path.join(models_dir, model_size), "encoder.json", "vocab.bpe")
+
+
+def load_vocabulary_files(folder: str, vocab_name: str, merges_name: str, added: dict | None = None) -> "Encoder":
+    """An Encoder from a vocabulary file ({token: id}: OpenAI's encoder.json, Hugging Face's vocab.json)
+    and a merges file (OpenAI's vocab.bpe, Hugging Face's merges.txt), plus added tokens {text: id}."""
+    encoder_path, merges_path = os.path.join(folder, vocab_name), os.path.join(folder, merges_name)
     encoder = parse_encoder_json(encoder_path, read_vocabulary_file(encoder_path))
     bpe_merges = parse_vocab_bpe(merges_path, read_vocabulary_file(merges_path))
     check_consistent(encoder, bpe_merges, folder)
-    return Encoder(encoder, bpe_merges)
+    return Encoder(encoder, bpe_merges, added)
+
+
+def get_hf_encoder(folder: str) -> "Encoder":
+    """Load a Hugging Face GPT-2 tokenizer: tokenizer.json if there is one (as transformers prefers),
+    else vocab.json and merges.txt with the added tokens of added_tokens.json or tokenizer_config.json."""
+    if os.path.isfile(os.path.join(folder, "tokenizer.json")):
+        return load_tokenizer_json(os.path.join(folder, "tokenizer.json"))
+    if not all(os.path.isfile(os.path.join(folder, name)) for name in ("vocab.json", "merges.txt")):
+        raise VocabularyError(f"{folder} has no tokenizer: it needs tokenizer.json, or vocab.json and merges.txt")
+    return load_vocabulary_files(folder, "vocab.json", "merges.txt", read_added_tokens(folder))
+
+
+def load_tokenizer_json(path: str) -> "Encoder":
+    """tokenizers' single-file format: {"model": {"type": "BPE", "vocab": {...}, "merges": [...]},
+    "added_tokens": [{"id": ..., "content": ...}, ...], ...}; merges are "a b" strings or [a, b] pairs."""
+    try:
+        data = json.loads(read_vocabulary_file(path))
+        model = data["model"]
+        if model.get("type") != "BPE":
+            raise VocabularyError(f"{path} is a {model.get('type')} tokenizer, not GPT-2's byte-level BPE")
+        if (data.get("pre_tokenizer") or {}).get("add_prefix_space"):
+            raise VocabularyError(f"{path}: add_prefix_space is true; GPT-2's tokenizer adds no space")
+        merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
+        added = {token["content"]: token["id"] for token in data.get("added_tokens") or []}
+        encoder = model["vocab"]
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise corrupt_file(path, "not a tokenizer.json of a BPE model") from None
+    if not isinstance(encoder, dict) or END_OF_TEXT not in encoder:
+        raise corrupt_file(path, f"no vocabulary with {END_OF_TEXT}")
+    if not all(len(merge) == 2 and all(isinstance(part, str) and part for part in merge) for merge in merges):
+        raise corrupt_file(path, "a merge is not two symbol strings")
+    check_added(added, path)
+    check_consistent(encoder, merges, os.path.dirname(path))
+    return Encoder(encoder, merges, added)
+
+
+def read_added_tokens(folder: str) -> dict[str, int]:
+    """{text: id} from added_tokens.json, or from tokenizer_config.json's added_tokens_decoder."""
+    path = os.path.join(folder, "added_tokens.json")
+    try:
+        if os.path.isfile(path):
+            added = json.loads(read_vocabulary_file(path))
+        else:
+            path = os.path.join(folder, "tokenizer_config.json")
+            config = json.loads(read_vocabulary_file(path)) if os.path.isfile(path) else {}
+            decoder = config.get("added_tokens_decoder") or {}
+            added = {token["content"]: int(i) for i, token in decoder.items()}
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise corrupt_file(path, "its added tokens are not {text: id}") from None
+    check_added(added, path)
+    return added
+
+
+def check_added(added: object, path: str) -> None:
+    if not (isinstance(added, dict) and all(isinstance(t, str) and t and type(i) is int for t, i in added.items())):
+        raise corrupt_file(path, "its added tokens are not {text: id}")
 
 
 class Encoder:
     """Converts between text and GPT-2 token ids."""
 
-    def __init__(self, encoder: dict[str, int], bpe_merges: list[tuple[str, str]]):
+    def __init__(self, encoder: dict[str, int], bpe_merges: list[tuple[str, str]], added: dict | None = None):
         self.encoder = encoder  # token (as byte symbols) -> id
         self.bpe_ranks = {tuple(pair): rank for rank, pair in enumerate(bpe_merges)}
         self.decoder = {i: token for token, i in encoder.items()}  # id -> token (as byte symbols)
+        # Added tokens (a fine-tune's new ones, and <|endoftext|>) are matched whole in encode's text,
+        # longest first, as transformers does; their text is plain text, not byte symbols.
+        self.added = {END_OF_TEXT: encoder[END_OF_TEXT], **(added or {})}  # text -> id
+        self.added_bytes = {i: text.encode("utf-8") for text, i in self.added.items() if i not in self.decoder}
+        self.added_pattern = regex.compile("|".join(map(regex.escape, sorted(self.added, key=len, reverse=True))))
         self.byte_encoder = bytes_to_unicode()  # byte value -> symbol
         # symbol -> the character whose Latin-1 encoding is that byte: str.translate then
         # .encode("latin-1") turns a whole string of symbols back into bytes at C speed
@@ -76,12 +141,14 @@ class Encoder:
         self.cache = {}  # word -> its token ids
 
     def encode(self, text: str) -> list[int]:
-        """Token ids for `text`; each literal "<|endoftext|>" becomes the single token eot_token."""
-        tokens = []
-        for i, chunk in enumerate(text.split(END_OF_TEXT)):
-            if i > 0:  # a "<|endoftext|>" stood between this chunk and the previous one
-                tokens.append(self.eot_token)
-            tokens.extend(self.encode_ordinary(chunk))
+        """Token ids for `text`; each literal "<|endoftext|>" becomes the single token eot_token, and
+        each added token's text its id."""
+        tokens, start = [], 0
+        for match in self.added_pattern.finditer(text):
+            tokens.extend(self.encode_ordinary(text[start : match.start()]))
+            tokens.append(self.added[match[0]])
+            start = match.end()
+        tokens.extend(self.encode_ordinary(text[start:]))
         return tokens
 
     def encode_ordinary(self, text: str) -> list[int]:
@@ -97,8 +164,14 @@ class Encoder:
         return self.decode_bytes(tokens).decode("utf-8", errors="replace")
 
     def decode_bytes(self, tokens: list[int]) -> bytes:
-        """The raw bytes of `tokens`, which may end with an incomplete UTF-8 character."""
-        symbols = "".join(self.decoder[token] for token in tokens)
+        """The raw bytes of `tokens`, which may end with an incomplete UTF-8 character. An id the
+        vocabulary does not have (a model's embedding rows may outnumber its tokens) gives U+FFFD."""
+        if all(token in self.decoder for token in tokens):
+            return self.symbols_to_bytes("".join(self.decoder[token] for token in tokens))
+        return b"".join(self.symbols_to_bytes(self.decoder[token]) if token in self.decoder
+                        else self.added_bytes.get(token, "\ufffd".encode("utf-8")) for token in tokens)
+
+    def symbols_to_bytes(self, symbols: str) -> bytes:
         return symbols.translate(self.symbols_to_latin1).encode("latin-1")
 
     def encode_word(self, word: str) -> list[int]:

@@ -77,7 +77,7 @@ def attention_mask(n_pad, n_seq, start):  # [n_batch] -> [n_batch, 1, n_seq, sta
     return np.where(visible, np.float32(0), np.float32(-np.inf))[:, None]  # -> [n_batch, 1, n_seq, n_kv]
 
 
-def attention(q, keys, values, mask):  # [B, H, T, D], [B, H, D, K], [B, H, K, D] -> [B, H, T, D]
+def attention(q, keys, values, mask, trace=None):  # [B, H, T, D], [B, H, D, K], [B, H, K, D] -> [B, H, T, D]
     q = q * (1 / math.sqrt(q.shape[-1]))  # scale the queries (fewer numbers than the scores)
     scores = q @ keys  # [B, H, T, D] @ [B, H, D, K] -> [B, H, T, K]
     if mask is not None:  # None: one new token per row and no padding, so nothing to hide
@@ -86,6 +86,8 @@ def attention(q, keys, values, mask):  # [B, H, T, D], [B, H, D, K], [B, H, K, D
     scores -= np.max(scores, axis=-1, keepdims=True)
     np.exp(scores, out=scores)
     scores /= np.sum(scores, axis=-1, keepdims=True)
+    if trace is not None:  # explain.py looks at the attention weights the model really used
+        trace.attention(scores)
     return scores @ values  # [B, H, T, K] @ [B, H, K, D] -> [B, H, T, D]
 
 
@@ -104,25 +106,29 @@ def remember(kv, k, v, start):  # [B, H, T, D] x2 -> [B, H, D, K], [B, H, K, D]
     return keys[..., :end], values[..., :end, :]
 
 
-def mha(x, c_attn, c_proj, n_head, kv, start, mask):  # [B, T, E] -> [B, T, E]
+def mha(x, c_attn, c_proj, n_head, kv, start, mask, trace=None):  # [B, T, E] -> [B, T, E]
     n_batch, n_seq, n_embd = x.shape
     qkv = linear(x, **c_attn)  # [B, T, E] -> [B, T, 3*E]
     q, k, v = qkv.reshape(n_batch, n_seq, 3, n_head, -1).transpose(2, 0, 3, 1, 4)  # -> 3 x [B, H, T, D]
     keys, values = remember(kv, k, v, start)  # [B, H, D, K], [B, H, K, D]; K = start + T
-    out = attention(q, keys, values, mask)  # all heads in one batched product: [B, H, T, D]
+    out = attention(q, keys, values, mask, trace)  # all heads in one batched product: [B, H, T, D]
     out = out.transpose(0, 2, 1, 3).reshape(n_batch, n_seq, n_embd)  # [B, H, T, D] -> [B, T, E]
     return linear(out, **c_proj)  # [B, T, E] -> [B, T, E]
 
 
-def transformer_block(x, mlp, attn, ln_1, ln_2, n_head, kv, start, mask):  # [B, T, E] -> [B, T, E]
-    x = x + mha(layer_norm(x, **ln_1), **attn, n_head=n_head, kv=kv, start=start, mask=mask)  # pre-norm attention
-    x = x + ffn(layer_norm(x, **ln_2), **mlp)  # pre-norm feed-forward
+def transformer_block(x, mlp, attn, ln_1, ln_2, n_head, kv, start, mask, trace=None):  # [B, T, E] -> [B, T, E]
+    # pre-norm: each half reads a layer-normed x and adds its output to x, the residual stream
+    x = x + mha(layer_norm(x, **ln_1), **attn, n_head=n_head, kv=kv, start=start, mask=mask, trace=trace)
+    x = x + ffn(layer_norm(x, **ln_2), **mlp)
     return x
 
 
-def transformer(inputs, wte, wpe, blocks, ln_f, n_head, kv_cache=None, start=0, n_pad=None):  # [B, T] -> [B, T, E]
+def transformer(inputs, wte, wpe, blocks, ln_f, n_head, kv_cache=None, start=0, n_pad=None, lm_head=None, trace=None):
+    # [B, T] -> [B, T, E]
     """The hidden states after the final layer norm, for the tokens at index start .. start + n_seq - 1
-    of each (left-padded) row; n_pad[i] is the number of padding tokens at the start of row i."""
+    of each (left-padded) row; n_pad[i] is the number of padding tokens at the start of row i.
+    (lm_head, an untied output head, is the callers' business: see head.) A trace, if given, is
+    shown each layer's attention weights and the residual stream after each block (explain.py)."""
     inputs = np.asarray(inputs)
     n_batch, n_seq = inputs.shape
     n_pad = np.zeros(n_batch, dtype=np.int64) if n_pad is None else n_pad
@@ -131,14 +137,21 @@ def transformer(inputs, wte, wpe, blocks, ln_f, n_head, kv_cache=None, start=0, 
     mask = attention_mask(n_pad, n_seq, start) if needs_mask else None  # [B, 1, T, start + T]
     for layer, block in enumerate(blocks):
         kv = None if kv_cache is None else kv_cache[layer]  # (keys, values) of this layer
-        x = transformer_block(x, **block, n_head=n_head, kv=kv, start=start, mask=mask)
+        x = transformer_block(x, **block, n_head=n_head, kv=kv, start=start, mask=mask, trace=trace)
+        if trace is not None:
+            trace.residual(x)
     return layer_norm(x, **ln_f)
 
 
-def gpt2(inputs, wte, wpe, blocks, ln_f, n_head):  # [n_seq] -> [n_seq, n_vocab]
+def gpt2(inputs, wte, wpe, blocks, ln_f, n_head, lm_head=None):  # [n_seq] -> [n_seq, n_vocab]
     """picoGPT's API: the logits of every position of one sequence."""
     x = transformer([inputs], wte, wpe, blocks, ln_f, n_head)[0]  # [n_seq] -> [1, n_seq, n_embd] -> [n_seq, n_embd]
-    return x @ wte.T  # the head reuses the token embeddings: [n_seq, n_embd] -> [n_seq, n_vocab]
+    return x @ head(wte, lm_head).T  # [n_seq, n_embd] -> [n_seq, n_vocab]
+
+
+def head(wte, lm_head=None, **_):  # -> [n_vocab, n_embd]
+    """The output head: GPT-2's reuses the token embeddings (tied); some fine-tunes have their own."""
+    return wte if lm_head is None else lm_head
 
 
 def new_kv_cache(params, n_head, n_batch, n_tokens):  # -> n_layer x ([B, H, D, n_tokens], [B, H, n_tokens, D])
@@ -192,8 +205,9 @@ def generate_batch_steps(prompts, params, n_head, n_tokens_to_generate, picks=No
     windows = [list(prompt) for prompt in prompts] if can_overflow else None  # each row's tokens in its window
     x = transformer(tokens, **params, n_head=n_head, kv_cache=kv_cache, n_pad=n_pad)  # [n_batch, n_longest, n_embd]
     column = n_longest  # where the next new tokens go in the cache
+    head_t = head(**params).T  # [n_embd, n_vocab], a view
     for step in range(n_tokens_to_generate):
-        logits = x[:, -1] @ params["wte"].T  # [n_batch, n_embd] -> [n_batch, n_vocab]
+        logits = x[:, -1] @ head_t  # [n_batch, n_embd] -> [n_batch, n_vocab]
         new_tokens = [int(pick(row)) for pick, row in zip(picks, logits)]
         yield new_tokens, logits
         if step + 1 == n_tokens_to_generate:  # no forward pass after the last token
@@ -273,12 +287,12 @@ def generate_completions(prompts, params, n_head, n_tokens_to_generate, picks=No
 # ---------------------------------------------------------------- scoring
 
 
-def target_logprobs(x, wte, targets, rows_at_once=256):  # [n, n_embd], [n] -> [n]
+def target_logprobs(x, head_weights, targets, rows_at_once=256):  # [n, n_embd], [n] -> [n]
     """log p(targets[i] | the context that produced x[i]); the head runs on a few rows at a time,
     since all n_ctx rows of logits at once would take n_ctx * n_vocab * 4 bytes (200 MB for GPT-2)."""
     out = np.empty(len(targets), dtype=np.float32)
     for i in range(0, len(targets), rows_at_once):
-        logits = x[i : i + rows_at_once] @ wte.T  # [rows, n_embd] -> [rows, n_vocab]
+        logits = x[i : i + rows_at_once] @ head_weights.T  # [rows, n_embd] -> [rows, n_vocab]
         peak = np.max(logits, axis=-1, keepdims=True)
         log_total = np.log(np.sum(np.exp(logits - peak), axis=-1)) + peak[:, 0]  # log-sum-exp: [rows]
         out[i : i + rows_at_once] = logits[np.arange(len(logits)), targets[i : i + rows_at_once]] - log_total
@@ -304,7 +318,7 @@ def token_logprobs(tokens, params, n_head, stride, rows_at_once=256, progress=No
         x = transformer([tokens[begin:end]], **params, n_head=n_head)[0]  # [end - begin, n_embd]
         predictors = x[scored - 1 - begin : end - 1 - begin]  # the rows that predict tokens scored .. end - 1
         targets = tokens[scored:end]
-        logprobs[scored - 1 : end - 1] = target_logprobs(predictors, params["wte"], targets, rows_at_once)
+        logprobs[scored - 1 : end - 1] = target_logprobs(predictors, head(**params), targets, rows_at_once)
         scored = end
         if progress is not None:
             progress(scored - 1)

@@ -49,11 +49,12 @@ def transformer_block(x, mlp, attn, ln_1, ln_2, n_head):  # [n_seq, n_embd] -> [
     return x + ffn(layer_norm(x, **ln_2), **mlp)
 
 
-def gpt2(inputs, wte, wpe, blocks, ln_f, n_head):  # [n_seq] -> [n_seq, n_vocab]
+def gpt2(inputs, wte, wpe, blocks, ln_f, n_head, lm_head=None):  # [n_seq] -> [n_seq, n_vocab]
     x = wte[inputs] + wpe[range(len(inputs))]  # token + position embeddings: [n_seq] -> [n_seq, n_embd]
     for block in blocks:
         x = transformer_block(x, **block, n_head=n_head)
-    return layer_norm(x, **ln_f) @ wte.T  # the head reuses wte: [n_seq, n_embd] -> [n_seq, n_vocab]
+    head = wte if lm_head is None else lm_head  # GPT-2 reuses wte as its head; some fine-tunes have their own
+    return layer_norm(x, **ln_f) @ head.T  # [n_seq, n_embd] -> [n_seq, n_vocab]
 
 
 def generate(inputs, params, n_head, n_tokens_to_generate):  # greedy: always the most likely next token

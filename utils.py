@@ -1,8 +1,10 @@
-"""picoGPT's entry point, load_encoder_hparams_and_params: it wires the parts together.
+"""picoGPT's entry point, load_encoder_hparams_and_params, and load_model for any GPT-2 directory:
+they wire the parts together.
 
 download.py fetches OpenAI's files, tf_checkpoint.py reads the tensor bundle and encoder.py the
-vocabulary; what a GPT-2 checkpoint must hold (its variables' names and shapes, from hparams.json)
-and how they nest into picoGPT's params dict is decided here.
+vocabulary; what an OpenAI checkpoint must hold (its variables' names and shapes, from
+hparams.json) and how they nest into picoGPT's params dict is decided here. Hugging Face's format
+is hf_model.py's; both give the same (encoder, hparams, params).
 """
 import json
 import os
@@ -10,9 +12,10 @@ import os
 import numpy as np
 
 import download
+import hf_model
 import integrity
 import tf_checkpoint
-from encoder import Encoder, VocabularyError, get_encoder
+from encoder import Encoder, VocabularyError, get_encoder, get_hf_encoder
 from errors import GPT2Error
 
 CHECKPOINT_PREFIX = "model.ckpt"
@@ -33,9 +36,47 @@ def load_encoder_hparams_and_params(
     return encoder, hparams, load_params(model_dir, hparams, verify)
 
 
+def load_model(model: str, verify: bool = False) -> tuple[Encoder, dict, dict]:
+    """(encoder, hparams, params) of a GPT-2 directory in OpenAI's format (the 7 files) or Hugging
+    Face's (config.json, model.safetensors, tokenizer files), or of a hub name such as
+    'openai-community/gpt2' found in the local Hugging Face cache. Nothing is downloaded."""
+    model_dir = model if os.path.isdir(model) else hf_model.find_in_hub_cache(model)
+    if os.path.isfile(os.path.join(model_dir, "config.json")):
+        hparams = hf_model.load_config(model_dir)
+        encoder = vocabulary_error_as_gpt2_error(get_hf_encoder, model_dir)
+        check_vocabulary_fits(encoder, hparams, model_dir)
+        params = hf_model.load_params(model_dir, hparams)
+    elif os.path.isfile(os.path.join(model_dir, "hparams.json")):
+        missing = download.missing_files(model_dir)
+        if missing:
+            raise GPT2Error(f"{model_dir} lacks {', '.join(missing)} of OpenAI's release: copy them there, or "
+                            "use --model_size and --models_dir to download them")
+        folder = os.path.abspath(model_dir)
+        encoder = load_encoder(os.path.basename(folder), os.path.dirname(folder))
+        hparams = load_hparams(model_dir)
+        check_vocabulary_fits(encoder, hparams, model_dir)
+        params = load_params(model_dir, hparams, verify)
+    else:
+        raise GPT2Error(f"{model_dir} holds no GPT-2: expected OpenAI's files (hparams.json, model.ckpt.*, ...) "
+                        "or Hugging Face's (config.json, model.safetensors, tokenizer files)")
+    return encoder, hparams, params
+
+
+def check_vocabulary_fits(encoder: Encoder, hparams: dict, model_dir: str) -> None:
+    """Every id the tokenizer can produce must have an embedding row."""
+    largest = max(max(encoder.decoder), max(encoder.added.values()))
+    if largest >= hparams["n_vocab"]:
+        raise GPT2Error(f"{model_dir}: the tokenizer has ids up to {largest}, but the model's vocabulary has "
+                        f"{hparams['n_vocab']} rows: they do not belong together")
+
+
 def load_encoder(model_size: str, models_dir: str) -> Encoder:
+    return vocabulary_error_as_gpt2_error(get_encoder, model_size, models_dir)
+
+
+def vocabulary_error_as_gpt2_error(load: object, *args: str) -> Encoder:
     try:
-        return get_encoder(model_size, models_dir)
+        return load(*args)
     except VocabularyError as e:
         raise GPT2Error(str(e)) from None
 

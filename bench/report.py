@@ -50,7 +50,7 @@ def check_targets(f: dict[str, float]) -> list[dict]:
         target("CLI peak RSS / weights file", f["ours_cli_peak_rss_bytes"] / f["weights_file_bytes"], "<=", 1.15),
         target("start-up: import + load (s)", f["startup_seconds"], "<=", 0.5),
         target("tokenizer: 100,000-letter word (s)", f["ours_tokenizer_word_seconds"], "<=", 0.5),
-        target("tokenizer: 100,000 / 10,000-letter word time", f["ours_tokenizer_word_growth"], "<=", 20),
+        target("tokenizer: 100,000 / 10,000-letter word time", f["ours_tokenizer_word_growth"], "<=", 30),
     ]
 
 

@@ -1,7 +1,8 @@
 """The tokenizer's figures: encoding a long word and mixed text, encoder.py against tiktoken.
 
 A word's cost must grow about linearly with its length: the figure that shows it is the time of a
-100,000-letter word over that of a 10,000-letter word (10 for linear work, 12.5 for n log n, 100 for quadratic).
+100,000-letter word over that of a 10,000-letter word: 10 for linear work, 12.5 for n log n, 100 for
+quadratic. Its target, 30, tells them apart with room for the noise of timing a 10 ms run.
 """
 import glob
 import os

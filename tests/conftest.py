@@ -1,7 +1,13 @@
 """Shared fixtures: the committed OpenAI-format test models and the repository on sys.path."""
+import fcntl
+import io
 import os
+import pty
 import shutil
+import struct
+import subprocess
 import sys
+import termios
 
 import pytest
 
@@ -40,3 +46,46 @@ def copied_model_dir(tmp_path):
 def offline(monkeypatch):
     """Point downloads at a closed local port, so a test can never reach the internet."""
     monkeypatch.setenv(download.BASE_URL_ENV, "http://127.0.0.1:9/gpt-2/models")
+
+
+def symlinked_models_dir(tmp_path_factory, sizes):
+    """A models dir whose <size>/ folders are committed fixtures, e.g. {"124M": "tiny-a", "355M": "tiny-b"}."""
+    root = tmp_path_factory.mktemp("models")
+    for size, name in sizes.items():
+        os.symlink(reference.fixture_dir(name), root / size)
+    return root
+
+
+class RecordingStream(io.BytesIO):
+    """A binary stream that keeps each write apart, to see what was written when."""
+
+    def __init__(self):
+        super().__init__()
+        self.writes = []
+
+    def write(self, data):
+        self.writes.append(bytes(data))
+        return super().write(data)
+
+
+def run_on_terminal(command, env, stdout_too=False):
+    """Run with stderr (and stdout, if stdout_too) on a 24 x 120 pseudo-terminal:
+    (exit status, stdout bytes or None, what the terminal showed)."""
+    primary, secondary = pty.openpty()
+    fcntl.ioctl(secondary, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))
+    stdout = secondary if stdout_too else subprocess.PIPE
+    process = subprocess.Popen(command, stdout=stdout, stderr=secondary, env=env, close_fds=True)
+    os.close(secondary)
+    screen = b""
+    while True:
+        try:
+            chunk = os.read(primary, 4096)
+        except OSError:  # the terminal closes when the process exits
+            break
+        if not chunk:
+            break
+        screen += chunk
+    os.close(primary)
+    out = None if stdout_too else process.stdout.read()
+    return process.wait(timeout=60), out, screen.decode("utf-8", "replace")
+

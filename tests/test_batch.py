@@ -12,7 +12,7 @@ import pytest
 
 import gpt2
 import reference
-from conftest import REPO_DIR, load_fixture
+from conftest import REPO_DIR, load_fixture, symlinked_models_dir
 from encoder import get_encoder
 
 # prompts of very different lengths, so that left padding and position ids really matter
@@ -64,9 +64,7 @@ def test_each_prompt_in_a_batch_stops_at_its_own_endoftext(encoder):
 
 @pytest.fixture(scope="module")
 def models_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("models")
-    os.symlink(reference.fixture_dir("tiny-b"), root / "124M")
-    return root
+    return symlinked_models_dir(tmp_path_factory, {"124M": "tiny-b"})
 
 
 def run_cli(*args, timeout=120):

@@ -15,7 +15,7 @@ import pytest
 import cli
 import gpt2
 import reference
-from conftest import REPO_DIR, load_fixture
+from conftest import REPO_DIR, RecordingStream, load_fixture, run_on_terminal, symlinked_models_dir
 from encoder import get_encoder
 
 SIZES = {"124M": "tiny-a", "355M": "tiny-b"}
@@ -23,10 +23,7 @@ SIZES = {"124M": "tiny-a", "355M": "tiny-b"}
 
 @pytest.fixture(scope="module")
 def models_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("models")
-    for size, name in SIZES.items():
-        os.symlink(reference.fixture_dir(name), root / size)
-    return root
+    return symlinked_models_dir(tmp_path_factory, SIZES)
 
 
 @pytest.fixture(scope="module")
@@ -257,16 +254,6 @@ def test_threads_option_gives_the_same_output(models_dir):
 # ---- streaming, in-process: what stream_continuation writes, write by write
 
 
-class RecordingStream(io.BytesIO):
-    def __init__(self):
-        super().__init__()
-        self.writes = []
-
-    def write(self, data):
-        self.writes.append(bytes(data))
-        return super().write(data)
-
-
 @pytest.mark.parametrize("text", ["😀 ok", "日本語のテキスト", "flags 🇯🇵🇫🇷 and 👩‍👩‍👧", "é, ñ, ü", "plain ascii"])
 def test_streaming_writes_whole_characters_only_and_exactly_the_text(encoder, text):
     tokens = encoder.encode(text)
@@ -312,26 +299,12 @@ def test_ignore_eos_streams_past_endoftext(encoder):
 
 def test_show_probs_on_one_terminal_prints_the_rows_then_the_text(models_dir):
     """Streamed text between the rows would break them, so on a terminal the text follows them."""
-    import pty
-
-    primary, secondary = pty.openpty()
     env = dict(os.environ, GPT2_BASE_URL="http://127.0.0.1:9/gpt-2/models")
     command = [sys.executable, os.path.join(REPO_DIR, "gpt2.py"), "Hello", "--n_tokens_to_generate", "3",
                "--models_dir", str(models_dir), "--show_probs", "2"]
-    process = subprocess.Popen(command, stdout=secondary, stderr=secondary, env=env, close_fds=True)
-    os.close(secondary)
-    screen = b""
-    while True:
-        try:
-            chunk = os.read(primary, 4096)
-        except OSError:  # the terminal closes when the process exits
-            break
-        if not chunk:
-            break
-        screen += chunk
-    os.close(primary)
-    assert process.wait(timeout=60) == 0
-    lines = screen.decode("utf-8").replace("\r\n", "\n").split("\n")
+    status, _, screen = run_on_terminal(command, env, stdout_too=True)
+    assert status == 0
+    lines = screen.replace("\r\n", "\n").split("\n")
     assert [line.startswith(f"step    {i}: chose ") for i, line in enumerate(lines[:3], 1)] == [True] * 3
     plain = run_cli("Hello", "--n_tokens_to_generate", 3, "--models_dir", models_dir)
     assert lines[3] == plain.stdout.decode("utf-8")

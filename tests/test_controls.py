@@ -19,7 +19,7 @@ import cli
 import gpt2
 import reference
 import sampling
-from conftest import REPO_DIR, load_fixture
+from conftest import REPO_DIR, RecordingStream, load_fixture, symlinked_models_dir
 from encoder import get_encoder
 from stop_text import StopWatcher, cut_at_stop, parse_escapes
 
@@ -33,10 +33,7 @@ def encoder():
 
 @pytest.fixture(scope="module")
 def models_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("models")
-    os.symlink(reference.fixture_dir("tiny-a"), root / "124M")
-    os.symlink(reference.fixture_dir("tiny-b"), root / "355M")
-    return root
+    return symlinked_models_dir(tmp_path_factory, {"124M": "tiny-a", "355M": "tiny-b"})
 
 
 def run_cli(*args):
@@ -178,16 +175,6 @@ def test_pieces_printed_equal_the_text_cut_before_its_first_stop_text(text, stop
                                           (r"\x41\u00e9", "Aé"), ("plain", "plain"), ("ü", "ü")])
 def test_stop_option_understands_escapes(option, text):
     assert parse_escapes(option) == text
-
-
-class RecordingStream(io.BytesIO):
-    def __init__(self):
-        super().__init__()
-        self.writes = []
-
-    def write(self, data):
-        self.writes.append(bytes(data))
-        return super().write(data)
 
 
 def test_streaming_stops_at_a_stop_text_spanning_tokens_and_prints_what_came_before(encoder):

@@ -19,8 +19,8 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 import cli
-import reference
 import utils
+from conftest import symlinked_models_dir
 
 PROMPT_TEXT = st.text(st.characters(exclude_categories=["Cs"], exclude_characters="\x00"), max_size=40)
 FILE_BYTES = st.one_of(
@@ -52,19 +52,16 @@ OUTPUT_BEFORE = st.sampled_from([None, b"", b"garbage without newline", b'{"line
 
 @pytest.fixture(scope="module")
 def models_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("models")
-    os.symlink(reference.fixture_dir("tiny-a"), root / "124M")
-    os.symlink(reference.fixture_dir("tiny-b"), root / "355M")
-    return root
+    return symlinked_models_dir(tmp_path_factory, {"124M": "tiny-a", "355M": "tiny-b"})
 
 
 @pytest.fixture(scope="module")
 def load_once():
-    loaded = {}
+    loaded, load_for_real = {}, utils.load_encoder_hparams_and_params
 
     def load(model_size, models_dir, base_url=None, verify=False):
         if model_size not in loaded:
-            loaded[model_size] = utils.load_encoder_hparams_and_params(model_size, models_dir, base_url, verify)
+            loaded[model_size] = load_for_real(model_size, models_dir, base_url, verify)
         return loaded[model_size]
 
     return load
@@ -162,7 +159,7 @@ def test_any_command_line_ends_in_success_or_a_one_line_error(data, models_dir, 
     output = folder / "out.jsonl"
     if output_before is not None:
         output.write_bytes(output_before)
-    monkeypatch.setattr(cli, "load_encoder_hparams_and_params", load_once)
+    monkeypatch.setattr(utils, "load_encoder_hparams_and_params", load_once)
     argv = ["--models_dir", str(models_dir), *argv]
 
     status, _, stderr = run_in_process(argv, stdin, monkeypatch)

@@ -4,21 +4,17 @@ The progress tests give the CLI a pseudo-terminal for stderr (stdout stays a pip
 tests send a real SIGINT to a CLI whose model has been slowed down (each forward pass sleeps), so
 that the signal lands in the middle of the work.
 """
-import fcntl
 import json
 import os
-import pty
 import signal
-import struct
 import subprocess
 import sys
-import termios
 import time
 
 import pytest
 
 import reference
-from conftest import REPO_DIR
+from conftest import REPO_DIR, run_on_terminal, symlinked_models_dir
 
 ENV = dict(os.environ, GPT2_BASE_URL="http://127.0.0.1:9/gpt-2/models", PYTHONIOENCODING="utf-8")
 
@@ -36,9 +32,7 @@ SLOW_CLI = (
 
 @pytest.fixture(scope="module")
 def models_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("models")
-    os.symlink(reference.fixture_dir("tiny-b"), root / "124M")  # n_ctx 64: room for long runs
-    return root
+    return symlinked_models_dir(tmp_path_factory, {"124M": "tiny-b"})  # n_ctx 64: room for long runs
 
 
 def cli(*args):
@@ -51,22 +45,7 @@ def slow_cli(delay, *args):
 
 def run_with_terminal_stderr(command):
     """Run with stderr on a pseudo-terminal: (exit status, stdout bytes, what the terminal showed)."""
-    primary, secondary = pty.openpty()
-    fcntl.ioctl(secondary, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))  # 24 rows, 120 columns
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=secondary, env=ENV, close_fds=True)
-    os.close(secondary)
-    screen = b""
-    while True:
-        try:
-            chunk = os.read(primary, 4096)
-        except OSError:  # the terminal closes when the process exits
-            break
-        if not chunk:
-            break
-        screen += chunk
-    os.close(primary)
-    stdout = process.stdout.read()
-    return process.wait(timeout=60), stdout, screen.decode("utf-8", "replace")
+    return run_on_terminal(command, ENV)
 
 
 def write_prompts(path, n):

@@ -75,3 +75,20 @@ def test_cli_generates_40_tokens_with_real_shapes(model_dir):
     result = subprocess.run(command, capture_output=True, timeout=300)
     assert result.returncode == 0, result.stderr.decode()
     assert len(result.stdout) > 0
+
+
+def test_a_full_context_report_stays_under_20_mb(model, tmp_path):
+    """1,024 tokens at 124M shapes: attention for 144 heads is bounded by the rows kept (162)."""
+    import explain
+    import explain_page
+    from encoder import get_encoder
+
+    hparams, params = model
+    encoder = get_encoder("124M", CACHE)
+    tokens = reference.reference_tokens(hparams["n_vocab"], 1024, seed=6)
+    data = explain.explain_data(encoder, hparams, params, tokens[:1000], tokens[1000:], [[(1, 0.5)]] * 24, "card")
+    assert data["attention_rows"].shape == (12, 12, 162, 1024)
+    path = tmp_path / "report.html"
+    explain_page.write_report(str(path), data, {t: encoder.decode([t]) for t in set(tokens)}, "full context")
+    assert path.stat().st_size < 20e6
+

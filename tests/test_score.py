@@ -14,7 +14,7 @@ import pytest
 
 import gpt2
 import reference
-from conftest import REPO_DIR, load_fixture
+from conftest import REPO_DIR, load_fixture, symlinked_models_dir
 from encoder import get_encoder
 
 RTOL = 1e-4
@@ -104,10 +104,7 @@ def test_windowed_nll_matches_live_transformers(fixture_name, encoder):
 @pytest.fixture(scope="module")
 def models_dir(tmp_path_factory):
     """124M is tiny-a (n_head 2, n_layer 2); 355M is tiny-b (n_head 4, n_layer 3)."""
-    root = tmp_path_factory.mktemp("models")
-    os.symlink(reference.fixture_dir("tiny-a"), root / "124M")
-    os.symlink(reference.fixture_dir("tiny-b"), root / "355M")
-    return root
+    return symlinked_models_dir(tmp_path_factory, {"124M": "tiny-a", "355M": "tiny-b"})
 
 
 def run_cli(*args, stdin=None):

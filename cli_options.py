@@ -1,0 +1,154 @@
+"""The command line's options: every option, its default and its help, and the checks that refuse
+a bad value or a bad combination with argparse's one-line error (exit status 2) before any work."""
+import argparse
+import math
+
+from download import MODEL_SIZES
+from stop_text import parse_escapes
+
+
+class OneLineErrorParser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def positive_int(text: str) -> int:
+    value = int(text)  # argparse turns a ValueError into "invalid positive_int value: 'x'"
+    if value < 1:
+        raise ValueError(text)
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError(text)
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0 or math.isinf(value):  # also rejects nan
+        raise ValueError(text)
+    return value
+
+
+def probability(text: str) -> float:
+    value = float(text)
+    if not 0 < value <= 1:
+        raise ValueError(text)
+    return value
+
+
+def penalty_factor(text: str) -> float:
+    value = float(text)
+    if not (value > 0 and math.isfinite(value)):  # also rejects nan
+        raise ValueError(text)
+    return value
+
+
+def openai_penalty(text: str) -> float:
+    value = float(text)
+    if not -2 <= value <= 2:  # OpenAI's range; also rejects nan
+        raise ValueError(text)
+    return value
+
+
+def stop_text(text: str) -> str:
+    try:
+        value = parse_escapes(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    if not value:
+        raise argparse.ArgumentTypeError("a stop text cannot be empty")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineErrorParser(
+        prog="gpt2.py",
+        description="Continue a prompt with OpenAI's GPT-2, in plain NumPy; or many prompts; or score a text.",
+        epilog="A prompt that starts with '-' goes after '--', e.g. gpt2.py -- '-1 is a number'.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    add = parser.add_argument
+    add("prompt", nargs="?", help="text to continue, exactly as typed ('' for an unconditional sample)")
+    add("--n_tokens_to_generate", type=positive_int, default=40, help="how many tokens to add")
+    which = parser.add_mutually_exclusive_group().add_argument
+    which("--model_size", choices=MODEL_SIZES, default="124M", help="which of OpenAI's GPT-2 releases")
+    which("--model", metavar="PATH_OR_NAME",
+          help="a GPT-2 directory (OpenAI's or Hugging Face's format), or a hub name such as "
+               "openai-community/gpt2 found in the local Hugging Face cache; nothing is downloaded")
+    add("--models_dir", default=None,
+        help="where model files are kept; it must exist (default: ./models, created on first use)")
+    add("--base_url", default=None, help="download from here instead of OpenAI's bucket (or set GPT2_BASE_URL)")
+    add("--verify", action="store_true",
+        help="check every tensor against its checkpoint's CRC32C checksum again (done once after each download)")
+    add("--threads", type=positive_int, default=None,
+        help="BLAS threads (default: as OMP_NUM_THREADS / OPENBLAS_NUM_THREADS, else all cores)")
+    sampling = parser.add_argument_group("choosing tokens").add_argument
+    sampling("--temperature", type=non_negative_float, default=0.0, help="0: greedy; higher: more random")
+    sampling("--top_k", type=non_negative_int, default=0, help="sample among the K most likely tokens (0: all)")
+    sampling("--top_p", type=probability, default=1.0,
+             help="sample among the most likely tokens holding this much probability (1: all)")
+    sampling("--seed", type=non_negative_int, default=None, help="random seed: the same seed gives the same sample")
+    sampling("--ignore_eos", action="store_true", help="keep going after <|endoftext|> instead of stopping")
+    sampling("--show_probs", type=non_negative_int, default=0, metavar="K",
+             help="print the top K candidates of every step on stderr")
+    sampling("--stop", type=stop_text, action="append", metavar="TEXT",
+             help=r"end where the continuation first contains TEXT (repeatable; \n, \t, \xHH, \uHHHH understood)")
+    sampling("--repetition_penalty", type=penalty_factor, default=1.0, metavar="R",
+             help="penalise every token already in prompt or continuation (transformers' semantics; 1: off)")
+    sampling("--frequency_penalty", type=openai_penalty, default=0.0, metavar="F",
+             help="subtract F x (times generated) from a token's logit (OpenAI's semantics; -2 to 2)")
+    sampling("--presence_penalty", type=openai_penalty, default=0.0, metavar="P",
+             help="subtract P from the logit of every token generated so far (OpenAI's semantics; -2 to 2)")
+    sampling("--context_keep", type=positive_int, default=None, metavar="K",
+             help="past the context window, go on from the last K tokens, below n_ctx (default: n_ctx // 2)")
+    batch = parser.add_argument_group("many prompts").add_argument
+    batch("--prompts_file", metavar="PATH",
+          help='generate for each line of PATH (of a .jsonl file: each {"prompt": ...}); prints JSON Lines')
+    batch("--batch_size", type=positive_int, default=8, help="how many prompts share each forward pass")
+    batch("--output", metavar="PATH",
+          help="write the JSON Lines here; run again with the same arguments to continue an interrupted run")
+    scoring = parser.add_argument_group("scoring a text").add_argument
+    scoring("--score", metavar="PATH",
+            help="print the average negative log-likelihood and perplexity of PATH's text ('-': standard input)")
+    scoring("--stride", type=positive_int, default=None,
+            help="for texts longer than n_ctx, how far the window moves; below n_ctx (default: n_ctx // 2)")
+    scoring("--json", action="store_true", help="with --score: print JSON, with every token's log-probability")
+    inside = parser.add_argument_group("looking inside").add_argument
+    inside("--info", action="store_true", help="print the model card (sizes, parameters, costs) and exit")
+    inside("--explain", metavar="PATH.html",
+           help="with a prompt: also write a self-contained HTML report (tokens, top 10s, attention, logit lens)")
+    inside("--timing", action="store_true",
+           help="with a prompt: print load, prompt-pass and decode times and decode's memory bandwidth on stderr")
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if (args.prompt is not None) + (args.prompts_file is not None) + (args.score is not None) + args.info != 1:
+        parser.error("give exactly one of: a prompt, --prompts_file PATH, --score PATH, --info")
+    for option, value, needs, mode in [
+        ("--output", args.output, "--prompts_file", args.prompts_file),
+        ("--json", args.json, "--score", args.score),
+        ("--stride", args.stride, "--score", args.score),
+        ("--show_probs", args.show_probs, "a single prompt", args.prompt),
+        ("--explain", args.explain, "a single prompt", args.prompt),
+        ("--timing", args.timing, "a single prompt", args.prompt),
+    ]:
+        if value and mode is None:
+            parser.error(f"{option} goes with {needs}")
+    for option, value in (("--models_dir", args.models_dir), ("--base_url", args.base_url)):
+        if args.model is not None and value is not None:
+            parser.error(f"{option} goes with --model_size, not with --model")
+    if args.score is not None:
+        generating_only = [("--stop", args.stop), ("--repetition_penalty", args.repetition_penalty != 1),
+                           ("--frequency_penalty", args.frequency_penalty),
+                           ("--presence_penalty", args.presence_penalty), ("--context_keep", args.context_keep)]
+        for option, value in generating_only:
+            if value:
+                parser.error(f"{option} goes with a prompt or --prompts_file, not --score")
+    return args

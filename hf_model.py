@@ -1,0 +1,172 @@
+"""GPT-2 checkpoints in Hugging Face's format: config.json, model.safetensors and the tokenizer files.
+
+This module knows what a Hugging Face GPT-2 is: which config fields the model here can run (and
+which it cannot), the tensors' names (with or without the `transformer.` prefix) and shapes, how
+they nest into picoGPT's params dict, and where the Hugging Face cache keeps downloaded models.
+safetensors_file.py reads the tensors; encoder.py reads the tokenizer.
+"""
+import json
+import os
+
+import numpy as np
+
+import safetensors_file
+from errors import GPT2Error
+
+UNSUPPORTED = {  # config field -> the value the model here computes (transformers' default)
+    "activation_function": "gelu_new",
+    "scale_attn_by_inverse_layer_idx": False,
+    "reorder_and_upcast_attn": False,
+    "scale_attn_weights": True,
+    "add_cross_attention": False,
+}
+PICKLE_ADVICE = (
+    "this tool does not load pytorch_model.bin, because unpickling it can run code stored in the file; "
+    "convert it once with transformers: GPT2LMHeadModel.from_pretrained(DIR).save_pretrained(DIR) "
+    "writes model.safetensors"
+)
+
+
+def load_config(model_dir: str) -> dict:
+    """config.json as hparams: n_vocab, n_ctx, n_embd, n_head, n_layer, n_inner, layer_norm_epsilon, tied."""
+    path = os.path.join(model_dir, "config.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            config = json.load(f)
+    except OSError as e:
+        raise GPT2Error(f"cannot read {path}: {e.strerror}") from None
+    except ValueError as e:
+        raise GPT2Error(f"{path} is not valid JSON ({e})") from None
+    if not isinstance(config, dict) or config.get("model_type") != "gpt2":
+        model_type = config.get("model_type") if isinstance(config, dict) else None
+        raise GPT2Error(f"{path}: model_type is {model_type!r}, not 'gpt2': this tool runs GPT-2 models only")
+    for field, value in UNSUPPORTED.items():
+        if config.get(field, value) != value:
+            raise GPT2Error(f"{path}: {field} is {config[field]!r}; the GPT-2 here needs {value!r}")
+    hparams = {"n_vocab": config.get("vocab_size"), "n_ctx": config.get("n_positions", config.get("n_ctx")),
+               "n_embd": config.get("n_embd"), "n_head": config.get("n_head"), "n_layer": config.get("n_layer")}
+    for key, value in hparams.items():
+        if not (type(value) is int and value > 0):
+            raise GPT2Error(f"{path}: {key} must be a positive integer, not {value!r}")
+    if hparams["n_embd"] % hparams["n_head"]:
+        raise GPT2Error(f"{path}: n_embd ({hparams['n_embd']}) must be a multiple of n_head ({hparams['n_head']})")
+    n_inner = config.get("n_inner") or 4 * hparams["n_embd"]
+    eps = config.get("layer_norm_epsilon", 1e-5)
+    if not (type(n_inner) is int and n_inner > 0 and isinstance(eps, (int, float)) and 0 < eps < 1):
+        raise GPT2Error(f"{path}: n_inner ({n_inner!r}) or layer_norm_epsilon ({eps!r}) is out of range")
+    tied = config.get("tie_word_embeddings", True)
+    return {**hparams, "n_inner": n_inner, "layer_norm_epsilon": float(eps), "tied": bool(tied),
+            "format": "huggingface"}
+
+
+def tensor_shapes(hparams: dict) -> dict[str, tuple[int, ...]]:
+    """The tensors of transformers' GPT2LMHeadModel (without the `transformer.` prefix) and their shapes."""
+    n_embd, n_inner = hparams["n_embd"], hparams["n_inner"]
+    shapes = {"wte.weight": (hparams["n_vocab"], n_embd), "wpe.weight": (hparams["n_ctx"], n_embd),
+              "ln_f.weight": (n_embd,), "ln_f.bias": (n_embd,)}
+    for i in range(hparams["n_layer"]):
+        for name, n_in, n_out in [("attn.c_attn", n_embd, 3 * n_embd), ("attn.c_proj", n_embd, n_embd),
+                                  ("mlp.c_fc", n_embd, n_inner), ("mlp.c_proj", n_inner, n_embd)]:
+            shapes[f"h.{i}.{name}.weight"] = (n_in, n_out)  # Conv1D keeps TensorFlow's [n_in, n_out]
+            shapes[f"h.{i}.{name}.bias"] = (n_out,)
+        for name in ("ln_1", "ln_2"):
+            shapes[f"h.{i}.{name}.weight"] = shapes[f"h.{i}.{name}.bias"] = (n_embd,)
+    if not hparams["tied"]:
+        shapes["lm_head.weight"] = (hparams["n_vocab"], n_embd)
+    return shapes
+
+
+def read_weights(model_dir: str) -> tuple[dict[str, tuple[str, np.ndarray]], str]:
+    """All tensors of model.safetensors (or of the shards its index lists), and the file to name in errors."""
+    single = os.path.join(model_dir, "model.safetensors")
+    index = single + ".index.json"
+    if os.path.isfile(single):
+        return safetensors_file.read_tensors(single), single
+    if os.path.isfile(index):
+        try:
+            with open(index, encoding="utf-8") as f:
+                shards = sorted(set(json.load(f)["weight_map"].values()))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            raise GPT2Error(f"{index} is not a readable safetensors index") from None
+        tensors = {}
+        for shard in shards:
+            tensors.update(safetensors_file.read_tensors(os.path.join(model_dir, os.path.basename(shard))))
+        return tensors, index
+    if os.path.isfile(os.path.join(model_dir, "pytorch_model.bin")):
+        raise GPT2Error(f"{model_dir}: {PICKLE_ADVICE}")
+    raise GPT2Error(f"{model_dir} has config.json but no model.safetensors")
+
+
+def load_params(model_dir: str, hparams: dict) -> dict:
+    """picoGPT's params dict from model.safetensors, checked against config.json. float32 weights stay
+    views of the memory map; float16 and bfloat16 ones are converted once (hparams["weights_dtype"] says)."""
+    tensors, path = read_weights(model_dir)
+    prefixed = any(name.startswith("transformer.") for name in tensors)
+    arrays, dtypes = {}, set()
+    for name, shape in tensor_shapes(hparams).items():
+        stored = f"transformer.{name}" if prefixed and not name.startswith("lm_head") else name
+        if stored not in tensors:
+            raise GPT2Error(f"{path} has no tensor {stored}: it does not match config.json")
+        dtype, array = tensors[stored]
+        if array.shape != shape:
+            raise GPT2Error(f"{path}: {stored} has shape {list(array.shape)}, but config.json needs {list(shape)}")
+        if dtype not in ("F32", "F16", "BF16", "F64"):
+            raise GPT2Error(f"{path}: {stored} is {dtype}, not a floating-point tensor")
+        arrays[name] = safetensors_file.to_float32(dtype, array)
+        dtypes.add(dtype)
+    hparams["weights_dtype"] = "/".join(sorted(dtypes))
+    return nest_params(arrays, hparams)
+
+
+def nest_params(arrays: dict[str, np.ndarray], hparams: dict) -> dict:
+    """{'h.0.attn.c_attn.weight': ...} -> {"blocks": [{"attn": {"c_attn": {"w": ..., "b": ...}}}], ...};
+    layer norms carry their epsilon, so gpt2.layer_norm(x, **ln_1) uses the model's own."""
+    eps = hparams["layer_norm_epsilon"]
+
+    def linear(prefix: str) -> dict:
+        return {"w": arrays[prefix + ".weight"], "b": arrays[prefix + ".bias"]}
+
+    def norm(prefix: str) -> dict:
+        return {"g": arrays[prefix + ".weight"], "b": arrays[prefix + ".bias"], "eps": eps}
+
+    blocks = [{"attn": {"c_attn": linear(f"h.{i}.attn.c_attn"), "c_proj": linear(f"h.{i}.attn.c_proj")},
+               "mlp": {"c_fc": linear(f"h.{i}.mlp.c_fc"), "c_proj": linear(f"h.{i}.mlp.c_proj")},
+               "ln_1": norm(f"h.{i}.ln_1"), "ln_2": norm(f"h.{i}.ln_2")} for i in range(hparams["n_layer"])]
+    params = {"wte": arrays["wte.weight"], "wpe": arrays["wpe.weight"], "blocks": blocks, "ln_f": norm("ln_f")}
+    if "lm_head.weight" in arrays:
+        params["lm_head"] = arrays["lm_head.weight"]
+    return params
+
+
+# ---------------------------------------------------------------- the Hugging Face cache
+
+
+def hub_cache_dirs() -> list[str]:
+    """Where huggingface_hub keeps downloads: $HF_HUB_CACHE, $HF_HOME/hub, ~/.cache/huggingface/hub."""
+    candidates = [os.environ.get("HF_HUB_CACHE"),
+                  os.path.join(os.environ["HF_HOME"], "hub") if os.environ.get("HF_HOME") else None,
+                  os.path.join(os.path.expanduser("~"), ".cache", "huggingface", "hub")]
+    return list(dict.fromkeys(path for path in candidates if path))
+
+
+def find_in_hub_cache(name: str) -> str:
+    """The snapshot directory of a hub model such as 'openai-community/gpt2' or 'distilgpt2', offline.
+
+    The cache holds models--<org>--<name>/snapshots/<revision>/, and refs/main names the revision
+    that `main` pointed to when it was downloaded.
+    """
+    folder = "models--" + name.replace("/", "--")
+    for cache in hub_cache_dirs():
+        repo = os.path.join(cache, folder)
+        try:
+            with open(os.path.join(repo, "refs", "main"), encoding="utf-8") as f:
+                snapshot = os.path.join(repo, "snapshots", f.read().strip())
+        except OSError:
+            snapshots = os.path.join(repo, "snapshots")
+            found = os.listdir(snapshots) if os.path.isdir(snapshots) else []
+            snapshot = os.path.join(snapshots, found[0]) if len(found) == 1 else None
+        if snapshot and os.path.isdir(snapshot):
+            return snapshot
+    raise GPT2Error(f"{name} is neither a directory nor in the Hugging Face cache (looked in "
+                    f"{', '.join(hub_cache_dirs())}): get it with `huggingface-cli download {name}`, "
+                    "or give --model a directory")
