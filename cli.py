@@ -2,7 +2,6 @@
 continue one prompt, continue every prompt of a file, or score a text. cli_options.py parses the
 options."""
 import argparse
-import codecs
 import io
 import json
 import math
@@ -17,13 +16,12 @@ import explain
 import explain_page
 import gpt2
 import model_card
-import sampling
 import utils
 from cli_files import Prompt, append_records, completion_record, count_finished_records, read_prompts, read_text
 from cli_options import parse_args
 from encoder import Encoder
+from engine import Engine
 from errors import GPT2Error, UsageError
-from stop_text import StopWatcher
 
 if TYPE_CHECKING:
     from tqdm import tqdm
@@ -44,26 +42,14 @@ def describe_step(encoder: Encoder, step: int, logits: np.ndarray, token: int, k
     return f"step {step + 1:>4}: chose {token_repr(encoder, token)} ({probs[token]:.1%})  | {candidates}"
 
 
-def stream_continuation(
-    encoder: Encoder, steps: Iterable, eot_token: int | None, show_probs: int, out: BinaryIO, err: TextIO,
-    stops: list[str] = (),
-) -> None:
-    """Write each token's text to `out` as soon as it forms complete UTF-8 characters and cannot be
-    the start of a stop text; stop at eot_token or at the first stop text (which is not written)."""
-    utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")  # holds back a split character
-    watcher = StopWatcher(stops)
-    for step, (token, logits) in enumerate(steps):
-        if show_probs:
-            print(describe_step(encoder, step, logits, token, show_probs), file=err, flush=True)
-        if token == eot_token:
-            break
-        out.write(watcher.feed(utf8.decode(encoder.decode_bytes([token]))).encode("utf-8"))
+def stream_continuation(encoder: Encoder, events: Iterable, show_probs: int, out: BinaryIO, err: TextIO) -> None:
+    """Write each event's text to `out` as it comes (the request's Continuation has held back what is not
+    settled yet), and with show_probs the step's top candidates to `err`."""
+    for step, (_, event) in enumerate(events):
+        if show_probs and event.token is not None:
+            print(describe_step(encoder, step, event.logits, event.token, show_probs), file=err, flush=True)
+        out.write(event.text.encode("utf-8"))
         out.flush()
-        if watcher.stopped:
-            break
-    # a character cut off at the end: U+FFFD, as encoder.decode gives
-    out.write((watcher.feed(utf8.decode(b"", final=True)) + watcher.finish()).encode("utf-8"))
-    out.flush()
 
 
 def load_model(args: argparse.Namespace) -> tuple[Encoder, dict, dict]:
@@ -86,9 +72,10 @@ def load_model(args: argparse.Namespace) -> tuple[Encoder, dict, dict]:
     return encoder, hparams, params
 
 
-def make_picker(args: argparse.Namespace, seed: object, prompt: list[int]) -> Callable:
-    return sampling.make_picker(args.temperature, args.top_k, args.top_p, seed, args.repetition_penalty,
-                                args.frequency_penalty, args.presence_penalty, prompt)
+def make_engine(args: argparse.Namespace, encoder: Encoder, hparams: dict, params: dict, max_rows: int) -> Engine:
+    keep = args.context_keep or hparams["n_ctx"] // 2
+    return Engine(params, hparams["n_head"], encoder.eot_token, encoder.decode_bytes, max_rows=max_rows,
+                  on_shift=say_shift_once(hparams["n_ctx"], keep))
 
 
 def check_keep(args: argparse.Namespace, n_ctx: int) -> None:
@@ -102,9 +89,9 @@ def say_shift_once(n_ctx: int, keep: int) -> Callable:
     """on_shift for the generators: one line on stderr the first time a window is full."""
     said = []
 
-    def on_shift(rows: list[int], step: int) -> None:
+    def on_shift(*_: object) -> None:
         if not said:
-            said.append(step)
+            said.append(True)
             print(f"gpt2.py: the context window ({n_ctx} tokens) is full: going on from the last {keep} "
                   "tokens (--context_keep sets how many)", file=sys.stderr, flush=True)
 
@@ -112,23 +99,24 @@ def say_shift_once(n_ctx: int, keep: int) -> Callable:
 
 
 class Watch:
-    """Passes the generation's steps through, noting when each one arrived and, for --explain, its
+    """Passes the engine's events through, noting when each token arrived and, for --explain, its
     top 10 candidates, computed from the step's own logits as they pass."""
 
-    def __init__(self, steps: Iterable, top_k: int = 0):
-        self.steps, self.top_k = steps, top_k
+    def __init__(self, events: Iterable, top_k: int = 0):
+        self.events, self.top_k = events, top_k
         self.tokens: list[int] = []
         self.times: list[float] = []  # seconds from the start of generation to each step's token
         self.top: list[list[tuple[int, float]]] = []
 
     def __iter__(self) -> Iterable:
         start = time.perf_counter()
-        for token, logits in self.steps:
-            self.times.append(time.perf_counter() - start)
-            self.tokens.append(token)
-            if self.top_k:
-                self.top.append(explain.top_candidates(logits, self.top_k))
-            yield token, logits
+        for request, event in self.events:
+            if event.token is not None:
+                self.times.append(time.perf_counter() - start)
+                self.tokens.append(event.token)
+                if self.top_k:
+                    self.top.append(explain.top_candidates(event.logits, self.top_k))
+            yield request, event
 
 
 def print_timing(load_seconds: float, n_prompt: int, watch: Watch, card: dict) -> None:
@@ -155,16 +143,13 @@ def run_prompt(args: argparse.Namespace) -> None:
     load_seconds = time.perf_counter() - started
     inputs = encoder.encode(args.prompt) or [encoder.eot_token]  # empty prompt: start a new document
     gpt2.check_context(len(inputs), hparams["n_ctx"])
-    pick = make_picker(args, args.seed, inputs)
-    keep = args.context_keep or hparams["n_ctx"] // 2
-    steps = gpt2.generate_steps(inputs, params, hparams["n_head"], args.n_tokens_to_generate, pick, keep,
-                                say_shift_once(hparams["n_ctx"], keep))
-    watch = Watch(steps, explain.TOP_K if args.explain else 0)
-    eot_token = None if args.ignore_eos else encoder.eot_token
+    engine = make_engine(args, encoder, hparams, params, max_rows=1)
+    engine.submit(inputs, args.settings)
+    watch = Watch(engine.run(), explain.TOP_K if args.explain else 0)
     # on one terminal, text streamed between the --show_probs rows would break them: text after rows
     one_terminal = args.show_probs and sys.stdout.isatty() and sys.stderr.isatty()
     out = io.BytesIO() if one_terminal else sys.stdout.buffer
-    stream_continuation(encoder, watch, eot_token, args.show_probs, out, sys.stderr, args.stop or [])
+    stream_continuation(encoder, watch, args.show_probs, out, sys.stderr)
     if one_terminal:
         sys.stdout.buffer.write(out.getvalue())
         sys.stdout.flush()
@@ -200,74 +185,63 @@ def run_info(args: argparse.Namespace) -> None:
 
 
 def run_prompts_file(args: argparse.Namespace) -> None:
-    prompts = read_prompts(args.prompts_file)  # all of it is checked before the model loads
+    prompts = read_prompts(args.prompts_file, args.settings)  # all of it is checked before the model loads
     encoder, hparams, params = load_model(args)
     encoded = [encoder.encode(prompt.text) or [encoder.eot_token] for prompt in prompts]
     for prompt, tokens in zip(prompts, encoded):  # every prompt must fit before any work starts
         try:
             gpt2.check_context(len(tokens), hparams["n_ctx"])
-        except gpt2.ContextError as e:
-            raise gpt2.ContextError(f"{args.prompts_file} line {prompt.line}: {e}") from None
+            prompt.settings.check_for_model(hparams["n_vocab"], hparams["n_ctx"])
+        except GPT2Error as e:
+            raise type(e)(f"{args.prompts_file} line {prompt.line}: {e}") from None
     first = count_finished_records(args.output, prompts) if args.output else 0
+    engine = make_engine(args, encoder, hparams, params, max_rows=args.batch_size)
     with progress_bar(total=len(prompts), initial=first, unit="prompt", desc="prompts") as bar:
         if args.output:
             with open(args.output, "ab") as out:
-                write_completions(args, encoder, params, hparams["n_head"], prompts, encoded, first, out, bar)
+                write_completions(args, engine, encoder, prompts, encoded, first, out, bar)
         else:
-            out = sys.stdout.buffer
-            write_completions(args, encoder, params, hparams["n_head"], prompts, encoded, first, out, bar)
+            write_completions(args, engine, encoder, prompts, encoded, first, sys.stdout.buffer, bar)
 
 
 def write_completions(
-    args: argparse.Namespace, encoder: Encoder, params: dict, n_head: int,
-    prompts: list[Prompt], encoded: list[list[int]], first: int, out: BinaryIO, bar: "tqdm",
+    args: argparse.Namespace, engine: Engine, encoder: Encoder, prompts: list[Prompt], encoded: list[list[int]],
+    first: int, out: BinaryIO, bar: "tqdm",
 ) -> None:
-    """Generate for prompts[first:] in batches, writing each batch's records as soon as it is done."""
-    eot_token = None if args.ignore_eos else encoder.eot_token
-    n_ctx = params["wpe"].shape[0]
-    keep = args.context_keep or n_ctx // 2
-    on_shift = say_shift_once(n_ctx, keep)
-    n_new_tokens, started = 0, time.perf_counter()
-    for start in range(first, len(prompts), args.batch_size):
-        rows = range(start, min(start + args.batch_size, len(prompts)))
-        # each prompt draws from its own generator, so a sample does not depend on the batch size
-        picks = [make_picker(args, None if args.seed is None else [args.seed, row], encoded[row]) for row in rows]
-        stops = [args.stop or [] if prompts[row].stop is None else prompts[row].stop for row in rows]
-        batch = [encoded[row] for row in rows]
-        steps = gpt2.generate_batch_steps(batch, params, n_head, args.n_tokens_to_generate, picks, keep, on_shift)
-        completions = collect_completions(encoder, steps, eot_token, stops)
-        records = b"".join(completion_record(prompts[row].line, prompts[row].text, text, tokens)
-                           for row, (tokens, text) in zip(rows, completions))
-        append_records(out, records, durable=out is not sys.stdout.buffer)
-        n_new_tokens += sum(len(tokens) for tokens, _ in completions)
-        bar.set_postfix_str(f"{n_new_tokens / (time.perf_counter() - started):.1f} tokens/s", refresh=False)
-        bar.update(len(rows))
+    """Generate for prompts[first:], --batch_size at a time: a finished prompt's row goes to the next
+    prompt at once. Records are written in input order, each as soon as those before it are written."""
+    durable = out is not sys.stdout.buffer
+    finished: dict[int, bytes] = {}  # row -> its record, until every earlier record is written
+    next_row, n_new_tokens, started = first, 0, time.perf_counter()
+    submitted = iter(range(first, len(prompts)))
 
+    def submit_next() -> None:
+        row = next(submitted, None)
+        if row is not None:
+            # each prompt draws from its own generator, so a sample does not depend on the batch size or
+            # on which prompts run beside it; a record's own seed is its own, as for a single prompt
+            seed = prompts[row].settings.seed
+            seed = [args.seed, row] if seed is None and args.seed is not None else seed
+            engine.submit(encoded[row], prompts[row].settings, seed, tag=row)
 
-def collect_completions(
-    encoder: Encoder, steps: Iterable, eot_token: int | None, stops: list[list[str]]
-) -> list[tuple[list[int], str]]:
-    """(tokens, text) of each row: a row is done at eot_token (not included) or once its text contains
-    one of its stop texts (its tokens then include the one that completed the stop text; its text
-    ends before the stop text)."""
-    tokens = [[] for _ in stops]
-    utf8 = [codecs.getincrementaldecoder("utf-8")(errors="replace") for _ in stops]
-    watchers = [StopWatcher(row_stops) for row_stops in stops]
-    texts = [""] * len(stops)
-    done = [False] * len(stops)
-    for new_tokens, _ in steps:
-        for row, token in enumerate(new_tokens):
-            if done[row] or token == eot_token:
-                done[row] = True
-                continue
-            tokens[row].append(token)
-            texts[row] += watchers[row].feed(utf8[row].decode(encoder.decode_bytes([token])))
-            done[row] = watchers[row].stopped
-        if all(done):
-            break
-    for row, watcher in enumerate(watchers):
-        texts[row] += watcher.feed(utf8[row].decode(b"", final=True)) + watcher.finish()
-    return list(zip(tokens, texts))
+    for _ in range(args.batch_size):
+        submit_next()
+    for request, event in engine.run():
+        if event.finish_reason is None:
+            continue
+        row, continuation = request.tag, request.continuation
+        prompt = prompts[row]
+        finished[row] = completion_record(prompt.line, prompt.text, continuation.text, continuation.tokens)
+        n_new_tokens += len(continuation.tokens)
+        submit_next()
+        records = b""
+        while next_row in finished:
+            records += finished.pop(next_row)
+            next_row += 1
+        if records:
+            append_records(out, records, durable)
+            bar.set_postfix_str(f"{n_new_tokens / (time.perf_counter() - started):.1f} tokens/s", refresh=False)
+            bar.update(records.count(b"\n"))
 
 
 # ---------------------------------------------------------------- scoring

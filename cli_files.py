@@ -9,6 +9,7 @@ import threading
 from typing import BinaryIO, Iterator, NamedTuple
 
 from errors import GPT2Error
+from settings import Settings
 
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
 RECORD_START = b'{"line": '  # every output record begins so: see completion_record
@@ -31,35 +32,34 @@ def read_text(path: str) -> str:
 class Prompt(NamedTuple):
     line: int  # its line number in the prompts file
     text: str
-    stop: list[str] | None  # a JSON Lines record's own "stop" list; None: the command line's --stop
+    settings: Settings  # the command line's, with a JSON Lines record's own settings in their place
 
 
-def read_prompts(path: str) -> list[Prompt]:
+def read_prompts(path: str, defaults: Settings) -> list[Prompt]:
     """The prompts of a file: one per line, or in a .jsonl file one JSON object per line with a
-    "prompt" string and, optionally, a "stop" list. Empty lines are skipped; every other line must be valid."""
+    "prompt" string and, optionally, its own settings under their names ("max_tokens", "temperature",
+    "top_p", "top_k", "seed", "stop", the penalties), which win over the command line's `defaults`.
+    Empty lines are skipped; every other line must be valid."""
     as_json = path.lower().endswith(JSONL_SUFFIXES)
     prompts = []
     for number, line in enumerate(read_text(path).split("\n"), start=1):
         line = line.removesuffix("\r")
         if not line:
             continue
-        prompts.append(parse_json_prompt(line, path, number) if as_json else Prompt(number, line, None))
+        prompts.append(parse_json_prompt(line, path, number, defaults) if as_json else Prompt(number, line, defaults))
     if not prompts:
         raise GPT2Error(f"{path} has no prompts: write one prompt per line")
     return prompts
 
 
-def parse_json_prompt(line: str, path: str, number: int) -> Prompt:
+def parse_json_prompt(line: str, path: str, number: int, defaults: Settings) -> Prompt:
     try:
         record = json.loads(line)
     except ValueError as e:
         raise GPT2Error(f"{path} line {number} is not valid JSON ({e})") from None
     if not isinstance(record, dict) or not isinstance(record.get("prompt"), str):
         raise GPT2Error(f'{path} line {number} has no "prompt" string: write {{"prompt": "your text"}}')
-    stop = record.get("stop")
-    if stop is not None and not (isinstance(stop, list) and all(isinstance(s, str) and s for s in stop)):
-        raise GPT2Error(f'{path} line {number}: "stop" must be a list of non-empty strings, e.g. ["\\n\\n", "END"]')
-    return Prompt(number, record["prompt"], stop)
+    return Prompt(number, record["prompt"], Settings.from_json(record, defaults, f"{path} line {number}: "))
 
 
 def completion_record(line: int, prompt: str, completion: str, tokens: list[int]) -> bytes:

@@ -4,6 +4,7 @@ import argparse
 import math
 
 from download import MODEL_SIZES
+from settings import Settings, SettingsError
 from stop_text import parse_escapes
 
 
@@ -126,6 +127,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def settings_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Settings:
+    """The generation options as the engine's request settings, checked there (with the option's name)."""
+    options = {"max_tokens": args.n_tokens_to_generate, "temperature": args.temperature, "top_p": args.top_p,
+               "top_k": args.top_k, "stop": tuple(args.stop or ()), "seed": args.seed,
+               "presence_penalty": args.presence_penalty, "frequency_penalty": args.frequency_penalty,
+               "repetition_penalty": args.repetition_penalty, "ignore_eos": args.ignore_eos,
+               "context_keep": args.context_keep}
+    try:
+        return Settings(**options)
+    except SettingsError as e:
+        field, _, message = str(e).partition(": ")
+        option = "--n_tokens_to_generate" if field == "max_tokens" else f"--{field}"
+        parser.error(f"argument {option}: {message}")
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -144,6 +160,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for option, value in (("--models_dir", args.models_dir), ("--base_url", args.base_url)):
         if args.model is not None and value is not None:
             parser.error(f"{option} goes with --model_size, not with --model")
+    args.settings = settings_from_args(parser, args)
     if args.score is not None:
         generating_only = [("--stop", args.stop), ("--repetition_penalty", args.repetition_penalty != 1),
                            ("--frequency_penalty", args.frequency_penalty),

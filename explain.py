@@ -31,13 +31,12 @@ class Trace:
         self.lens_ids: list[np.ndarray] = []  # per layer: [T] the top next token
         self.lens_probs: list[np.ndarray] = []  # per layer: [T] its probability
 
-    def attention(self, probs: np.ndarray) -> None:  # [1, H, T, T]
-        weights = probs[0]  # [H, T, T]
+    def attention(self, weights: np.ndarray) -> None:  # [H, T, T]
         self.rows.append(weights[:, -self.n_rows :].copy())  # [H, n_rows, T]
         self.thumbnails.append(block_means(weights, min(THUMBNAIL, weights.shape[-1])))
 
-    def residual(self, x: np.ndarray) -> None:  # [1, T, E]
-        ids, probs = logit_lens(x[0], self.params)
+    def residual(self, x: np.ndarray) -> None:  # [T, E]
+        ids, probs = logit_lens(x, self.params)
         self.lens_ids.append(ids)
         self.lens_probs.append(probs)
 
@@ -69,7 +68,7 @@ def traced_pass(tokens: list[int], params: dict, n_head: int) -> Trace:
     n_layer = len(params["blocks"])
     n_rows = min(len(tokens), max(1, MAX_ATTENTION_CELLS // (n_layer * n_head * len(tokens))))
     trace = Trace(params, n_rows)
-    gpt2.transformer([tokens], **params, n_head=n_head, trace=trace)
+    gpt2.transformer(tokens, **params, n_head=n_head, batch=gpt2.Batch([len(tokens)], trace=trace))
     return trace
 
 

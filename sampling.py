@@ -1,10 +1,13 @@
 """Choosing each next token from the model's logits: penalties for repetition, then temperature,
 top-k and top-p. gpt2.py's generation takes the choosers made here (np.argmax is greedy)."""
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
 from gpt2 import softmax
+
+if TYPE_CHECKING:
+    from settings import Settings
 
 
 def sampling_probs(logits: np.ndarray, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> np.ndarray:
@@ -17,7 +20,7 @@ def sampling_probs(logits: np.ndarray, temperature: float = 1.0, top_k: int = 0,
     kept = order[:top_k] if top_k else order
     kept_probs = probs[kept] / np.sum(probs[kept])
     mass_before = np.cumsum(kept_probs) - kept_probs  # probability of the tokens ranked above each one
-    kept = kept[mass_before < top_p]  # the first token always stays: mass_before is 0 there
+    kept = kept[: max(1, np.count_nonzero(mass_before < top_p))]  # the first token always stays, even at top_p 0
     filtered = np.zeros_like(probs)
     filtered[kept] = probs[kept]
     return filtered / np.sum(filtered)
@@ -46,8 +49,11 @@ class Chooser:
     """
 
     def __init__(self, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, seed: object = None,
-                 repetition: float = 1.0, frequency: float = 0.0, presence: float = 0.0, prompt: list[int] = ()):
+                 repetition: float = 1.0, frequency: float = 0.0, presence: float = 0.0, prompt: list[int] = (),
+                 logit_bias: tuple[tuple[int, float], ...] = ()):
         self.temperature, self.top_k, self.top_p = temperature, top_k, top_p
+        self.bias_ids = np.array([token for token, _ in logit_bias], dtype=np.int64)
+        self.bias = np.array([bias for _, bias in logit_bias], dtype=np.float32)
         self.rng = np.random.default_rng(seed)
         self.repetition, self.frequency, self.presence = repetition, frequency, presence
         self.seen = dict.fromkeys(prompt)  # prompt and generated ids, each once (a dict keeps their order)
@@ -65,6 +71,8 @@ class Chooser:
         if (self.frequency or self.presence) and self.counts:
             ids, counts = np.array(list(self.counts)), np.array(list(self.counts.values()), dtype=np.float32)
             frequency_presence_penalty(logits, ids, counts, self.frequency, self.presence)
+        if len(self.bias_ids):  # OpenAI's logit_bias, after the penalties: the caller's last word on a token
+            logits[self.bias_ids] += self.bias
 
     def draw(self, logits: np.ndarray) -> int:
         cumulative = np.cumsum(sampling_probs(logits, self.temperature, self.top_k, self.top_p))
@@ -78,8 +86,15 @@ class Chooser:
 
 def make_picker(temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, seed: object = None,
                 repetition: float = 1.0, frequency: float = 0.0, presence: float = 0.0,
-                prompt: list[int] = ()) -> Callable[[np.ndarray], int]:
+                prompt: list[int] = (), logit_bias: tuple[tuple[int, float], ...] = ()) -> Callable[[np.ndarray], int]:
     """pick(logits) -> token id. Plain greedy is np.argmax itself, so the default adds no work to a step."""
-    if temperature == 0 and repetition == 1 and frequency == 0 and presence == 0:
+    if temperature == 0 and repetition == 1 and frequency == 0 and presence == 0 and not logit_bias:
         return np.argmax
-    return Chooser(temperature, top_k, top_p, seed, repetition, frequency, presence, prompt)
+    return Chooser(temperature, top_k, top_p, seed, repetition, frequency, presence, prompt, logit_bias)
+
+
+def picker_for(settings: "Settings", seed: object, prompt: list[int]) -> Callable[[np.ndarray], int]:
+    """make_picker with a request's settings; seed: what seeds its generator (settings.seed, or one
+    derived from it, so that each prompt of a batch draws from its own)."""
+    return make_picker(settings.temperature, settings.top_k, settings.top_p, seed, settings.repetition_penalty,
+                       settings.frequency_penalty, settings.presence_penalty, prompt, settings.logit_bias)

@@ -89,3 +89,30 @@ def run_on_terminal(command, env, stdout_too=False):
     out = None if stdout_too else process.stdout.read()
     return process.wait(timeout=60), out, screen.decode("utf-8", "replace")
 
+
+def token_events(encoder, tokens, eot_token, stops=()):
+    """The engine's events for a request that chooses exactly these tokens: its Continuation (the
+    per-request decoder) settles the text, as in a real run."""
+    from continuation import Continuation
+    from engine import Event
+    from settings import Settings
+
+    settings = Settings(max_tokens=len(tokens), stop=tuple(stops), ignore_eos=eot_token is None)
+    continuation = Continuation(encoder.decode_bytes, encoder.eot_token, settings)
+    for token in tokens:
+        text = continuation.add(token)
+        yield None, Event(token, text, continuation.finish_reason)
+        if continuation.done:
+            break
+
+
+def engine_completions(prompts, params, n_head, n_new, eot_token=None, max_rows=8, **settings):
+    """Every prompt's new tokens, generated together by the engine, all submitted at once."""
+    from engine import Engine
+    from settings import Settings
+
+    engine = Engine(params, n_head, eot_token, lambda tokens: b"", max_rows=max_rows)
+    requests = [engine.submit(prompt, Settings(max_tokens=n_new, **settings)) for prompt in prompts]
+    for _ in engine.run():
+        pass
+    return [request.continuation.tokens for request in requests]

@@ -12,8 +12,10 @@ import pytest
 
 import gpt2
 import reference
-from conftest import REPO_DIR, load_fixture, symlinked_models_dir
+from conftest import REPO_DIR, engine_completions, load_fixture, symlinked_models_dir
 from encoder import get_encoder
+from engine import Engine
+from settings import Settings
 
 # prompts of very different lengths, so that left padding and position ids really matter
 PROMPTS = ["Hi", "The quick brown fox jumps over the lazy dog near the river bank at noon", "A",
@@ -33,27 +35,32 @@ def test_batched_tokens_equal_generating_each_prompt_alone(encoder):
     hparams, params = load_fixture("tiny-b")
     prompts = encode_all(encoder, PROMPTS)
     assert max(map(len, prompts)) - min(map(len, prompts)) >= 15
-    batched = gpt2.generate_completions(prompts, params, hparams["n_head"], 20)
+    batched = engine_completions(prompts, params, hparams["n_head"], 20)
     for prompt, tokens in zip(prompts, batched):
         assert tokens == gpt2.generate(prompt, params, hparams["n_head"], 20)
 
 
 def test_batched_logits_equal_the_single_prompt_logits_at_every_step(encoder):
-    """1e-4 absolute, as for the single-prompt cache: padding must change nothing but round-off."""
+    """1e-4 absolute, as for the single-prompt cache: sharing the passes must change nothing but round-off."""
     hparams, params = load_fixture("tiny-b")
     prompts = encode_all(encoder, PROMPTS[:4])
     alone = [[logits for _, logits in gpt2.generate_steps(p, params, hparams["n_head"], 10)] for p in prompts]
-    for step, (_, logits) in enumerate(gpt2.generate_batch_steps(prompts, params, hparams["n_head"], 10)):
-        for row in range(len(prompts)):
-            assert np.abs(logits[row] - alone[row][step]).max() <= 1e-4, (step, row)
+    engine = Engine(params, hparams["n_head"], None, encoder.decode_bytes, max_rows=4)
+    requests = [engine.submit(prompt, Settings(max_tokens=10)) for prompt in prompts]
+    steps = {request: 0 for request in requests}
+    for request, event in engine.run():
+        row = requests.index(request)
+        assert np.abs(event.logits - alone[row][steps[request]]).max() <= 1e-4, (steps[request], row)
+        steps[request] += 1
+    assert list(steps.values()) == [10] * 4
 
 
 def test_each_prompt_in_a_batch_stops_at_its_own_endoftext(encoder):
     hparams, params = load_fixture("tiny-b")
     prompts = encode_all(encoder, PROMPTS[:3])
-    full = gpt2.generate_completions(prompts, params, hparams["n_head"], 12)
+    full = engine_completions(prompts, params, hparams["n_head"], 12)
     stop_token = full[1][4]  # pretend this token of prompt 1 were <|endoftext|>
-    stopped = gpt2.generate_completions(prompts, params, hparams["n_head"], 12, eot_token=stop_token)
+    stopped = engine_completions(prompts, params, hparams["n_head"], 12, eot_token=stop_token)
     for tokens, expected in zip(stopped, full):
         cut = expected.index(stop_token) if stop_token in expected else len(expected)
         assert tokens == expected[:cut]
@@ -241,7 +248,7 @@ def test_running_out_of_memory_is_a_one_line_error(models_dir, tmp_path):
     script = (
         "import sys, numpy; sys.path.insert(0, sys.argv[1]); import cli, gpt2\n"
         "def no_memory(*args, **kwargs): raise MemoryError\n"
-        "gpt2.new_kv_cache = no_memory\n"
+        "gpt2.KVCache = no_memory\n"
         "cli.main(['--prompts_file', sys.argv[2], '--models_dir', sys.argv[3]])\n"
     )
     env = dict(os.environ, GPT2_BASE_URL="http://127.0.0.1:9/gpt-2/models")

@@ -15,7 +15,7 @@ import pytest
 import cli
 import gpt2
 import reference
-from conftest import REPO_DIR, RecordingStream, load_fixture, run_on_terminal, symlinked_models_dir
+from conftest import REPO_DIR, RecordingStream, load_fixture, run_on_terminal, symlinked_models_dir, token_events
 from encoder import get_encoder
 
 SIZES = {"124M": "tiny-a", "355M": "tiny-b"}
@@ -258,7 +258,7 @@ def test_threads_option_gives_the_same_output(models_dir):
 def test_streaming_writes_whole_characters_only_and_exactly_the_text(encoder, text):
     tokens = encoder.encode(text)
     out, err = RecordingStream(), io.StringIO()
-    cli.stream_continuation(encoder, ((t, None) for t in tokens), encoder.eot_token, 0, out, err)
+    cli.stream_continuation(encoder, token_events(encoder, tokens, encoder.eot_token), 0, out, err)
     assert out.getvalue() == text.encode("utf-8")
     for piece in out.writes:
         assert "\ufffd" not in piece.decode("utf-8")  # each write is valid UTF-8 on its own
@@ -269,7 +269,7 @@ def test_a_split_character_is_written_once_complete(encoder):
     tokens = encoder.encode("😀")
     assert len(tokens) > 1, "the emoji must span several tokens for this test"
     out = RecordingStream()
-    cli.stream_continuation(encoder, ((t, None) for t in tokens), None, 0, out, io.StringIO())
+    cli.stream_continuation(encoder, token_events(encoder, tokens, None), 0, out, io.StringIO())
     assert [piece for piece in out.writes if piece] == ["😀".encode("utf-8")]
 
 
@@ -279,21 +279,21 @@ def test_a_character_cut_off_by_the_last_token_is_flushed_as_a_replacement_chara
     tokens = encoder.encode("ok 😀")[:-1]  # the emoji's last byte(s) never arrive
     assert encoder.decode(tokens).endswith("\ufffd")
     out = RecordingStream()
-    cli.stream_continuation(encoder, ((t, None) for t in tokens), None, 0, out, io.StringIO())
+    cli.stream_continuation(encoder, token_events(encoder, tokens, None), 0, out, io.StringIO())
     assert out.getvalue().decode("utf-8") == encoder.decode(tokens), "the held-back bytes were not flushed"
 
 
 def test_streaming_stops_at_endoftext_without_printing_it(encoder):
     tokens = encoder.encode("Hello") + [encoder.eot_token] + encoder.encode(" more")
     out = RecordingStream()
-    cli.stream_continuation(encoder, ((t, None) for t in tokens), encoder.eot_token, 0, out, io.StringIO())
+    cli.stream_continuation(encoder, token_events(encoder, tokens, encoder.eot_token), 0, out, io.StringIO())
     assert out.getvalue() == b"Hello"
 
 
 def test_ignore_eos_streams_past_endoftext(encoder):
     tokens = encoder.encode("Hello") + [encoder.eot_token] + encoder.encode(" more")
     out = RecordingStream()
-    cli.stream_continuation(encoder, ((t, None) for t in tokens), None, 0, out, io.StringIO())
+    cli.stream_continuation(encoder, token_events(encoder, tokens, None), 0, out, io.StringIO())
     assert out.getvalue() == b"Hello<|endoftext|> more"
 
 

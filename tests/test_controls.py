@@ -19,7 +19,7 @@ import cli
 import gpt2
 import reference
 import sampling
-from conftest import REPO_DIR, RecordingStream, load_fixture, symlinked_models_dir
+from conftest import REPO_DIR, RecordingStream, engine_completions, load_fixture, symlinked_models_dir, token_events
 from encoder import get_encoder
 from stop_text import StopWatcher, cut_at_stop, parse_escapes
 
@@ -115,8 +115,8 @@ def test_a_repetition_penalty_stops_greedy_repeating_itself(encoder):
 def test_each_prompt_of_a_batch_keeps_its_own_penalty_counts(encoder):
     hparams, params = load_fixture("tiny-b")
     prompts = [encoder.encode(text) for text in ("Hi there", "A much longer prompt than the first one", "x")]
-    picks = [sampling.make_picker(repetition=1.5, frequency=0.5, presence=0.5, prompt=p) for p in prompts]
-    batched = gpt2.generate_completions(prompts, params, hparams["n_head"], 20, picks)
+    batched = engine_completions(prompts, params, hparams["n_head"], 20, repetition_penalty=1.5,
+                                 frequency_penalty=0.5, presence_penalty=0.5)
     for prompt, tokens in zip(prompts, batched):
         alone = sampling.make_picker(repetition=1.5, frequency=0.5, presence=0.5, prompt=prompt)
         assert tokens == gpt2.generate(prompt, params, hparams["n_head"], 20, alone)
@@ -181,7 +181,7 @@ def test_streaming_stops_at_a_stop_text_spanning_tokens_and_prints_what_came_bef
     text = "Hello world. The end"
     tokens = encoder.encode(text)
     out = RecordingStream()
-    cli.stream_continuation(encoder, ((t, None) for t in tokens), None, 0, out, io.StringIO(), ["ld. Th"])
+    cli.stream_continuation(encoder, token_events(encoder, tokens, None, ["ld. Th"]), 0, out, io.StringIO())
     assert out.getvalue() == b"Hello wor"
     assert b"Hello" in out.writes[0], "text that cannot start the stop text goes out at once"
 
@@ -221,13 +221,21 @@ def test_prompts_file_stops_each_record_at_its_own_or_the_options_stop_texts(mod
         assert before["tokens"][: len(record["tokens"])] == record["tokens"]  # the tokens up to the stop
 
 
-@pytest.mark.parametrize("stop", ['"\\n"', "[1]", '[""]', "{}"])
+@pytest.mark.parametrize("stop", ['""', "[1]", '[""]', "{}", '["a", 3]'])
 def test_a_bad_stop_list_in_a_jsonl_line_is_a_one_line_error_naming_the_line(models_dir, tmp_path, stop):
     path = tmp_path / "prompts.jsonl"
     path.write_text('{"prompt": "ok"}\n{"prompt": "x", "stop": %s}\n' % stop, encoding="utf-8")
     result = run_cli("--prompts_file", path, "--models_dir", models_dir)
     stderr = result.stderr.decode()
     assert result.returncode == 1 and stderr.count("\n") == 1 and "prompts.jsonl line 2" in stderr, stderr
+
+
+def test_a_jsonl_record_may_give_one_stop_text_as_a_string_as_openai_does(models_dir, tmp_path):
+    as_list = write_jsonl(tmp_path / "list.jsonl", [{"prompt": "Hello", "stop": ["e"]}])
+    as_text = write_jsonl(tmp_path / "text.jsonl", [{"prompt": "Hello", "stop": "e"}])
+    outputs = [run_cli("--prompts_file", path, "--models_dir", models_dir, "--n_tokens_to_generate", 12) for path in
+               (as_list, as_text)]
+    assert outputs[0].returncode == 0 and outputs[0].stdout == outputs[1].stdout
 
 
 # ---------------------------------------------------------------- past the context window
@@ -264,7 +272,7 @@ def test_greedy_tokens_past_n_ctx_equal_restarting_from_the_kept_tokens(keep, n_
 def test_each_prompt_of_a_batch_shifts_at_its_own_step_as_if_alone(encoder):
     hparams, params = load_fixture("tiny-b")  # n_ctx 64
     prompts = [encoder.encode(text) for text in ("Hi", "A prompt of medium length, to be sure", "x " * 30)]
-    batched = gpt2.generate_completions(prompts, params, hparams["n_head"], 150, keep=20)
+    batched = engine_completions(prompts, params, hparams["n_head"], 150, context_keep=20)
     for prompt, tokens in zip(prompts, batched):
         assert tokens == restart_reference(prompt, params, hparams["n_head"], 150, 20)
 

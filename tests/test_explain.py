@@ -90,7 +90,7 @@ class KeepingTrace(explain.Trace):
 
     def residual(self, x):
         super().residual(x)
-        self.streams.append(x[0].copy())
+        self.streams.append(x.copy())
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +98,7 @@ def traced():
     hparams, params = load_fixture("tiny-b")
     tokens = reference.reference_tokens(hparams["n_vocab"], 40, seed=8)
     trace = KeepingTrace(params, n_rows=40)
-    gpt2.transformer([tokens], **params, n_head=hparams["n_head"], trace=trace)
+    gpt2.transformer(tokens, **params, n_head=hparams["n_head"], batch=gpt2.Batch([len(tokens)], trace=trace))
     return hparams, params, tokens, trace
 
 

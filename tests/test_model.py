@@ -38,7 +38,7 @@ def test_building_blocks_keep_float32():
     assert gpt2.softmax(x).dtype == np.float32
     assert gpt2.layer_norm(x, g, b).dtype == np.float32
     assert gpt2.linear(x, w, b[:4]).dtype == np.float32
-    assert gpt2.attention_mask(np.array([0, 1]), 3, 2).dtype == np.float32
+    assert gpt2.causal_mask(3, 2).dtype == np.float32
     assert sampling.sampling_probs(x[0], 0.7, 3, 0.9).dtype == np.float32
 
 
@@ -68,22 +68,35 @@ def test_layer_norm_of_a_low_variance_row_equals_the_float64_definition():
     assert np.abs(gpt2_pico.layer_norm(x, g, b) - expected).max() <= 1e-4
 
 
-def test_attention_mask_hides_later_tokens_and_left_padding():
-    mask = gpt2.attention_mask(np.array([0, 2]), 2, 3)  # two new tokens at index 3 and 4, five keys
-    assert mask.shape == (2, 1, 2, 5)
-    hidden = np.isneginf(mask[:, 0]).tolist()
-    assert hidden[0] == [[False] * 4 + [True], [False] * 5]
-    assert hidden[1] == [[True, True, False, False, True], [True, True, False, False, False]]
+def test_causal_mask_lets_a_query_see_every_earlier_key_and_itself_only():
+    mask = gpt2.causal_mask(2, 3)  # two new tokens at positions 3 and 4, five keys
+    assert mask.shape == (2, 5)
+    assert np.isneginf(mask).tolist() == [[False] * 4 + [True], [False] * 5]
+    assert (mask[~np.isneginf(mask)] == 0).all()
 
 
-def test_padding_queries_see_themselves_so_no_score_row_is_all_hidden():
-    mask = gpt2.attention_mask(np.array([3]), 4, 0)[0, 0]  # three padding tokens, then one real token
-    assert not np.isneginf(mask).all(axis=-1).any()
+def test_a_batch_gives_each_sequence_positions_from_its_own_cache_length():
+    hparams, params = load_fixture("tiny-b")
+    caches = [gpt2.KVCache(params, hparams["n_head"], 10) for _ in range(3)]
+    caches[1].length = 4
+    batch = gpt2.Batch([2, 1, 3], caches)
+    assert batch.positions.tolist() == [0, 1, 4, 0, 1, 2]
+    assert [cache.length for cache in caches] == [2, 5, 3], "building the batch claims the positions"
+    assert batch.masks[1] is None, "one new token may see every key: no mask"
 
 
-def test_position_ids_start_at_zero_after_the_padding():
-    assert gpt2.positions(np.array([0, 2]), 4, 0).tolist() == [[0, 1, 2, 3], [0, 0, 0, 1]]
-    assert gpt2.positions(np.array([0, 2]), 1, 4).tolist() == [[4], [2]]
+def test_sequences_batched_together_get_the_logits_each_gets_alone():
+    """1e-4 absolute, as for the cache: sharing the matrix products changes only round-off, and each
+    sequence attends over its own tokens only."""
+    hparams, params = load_fixture("tiny-b")
+    sequences = [reference.reference_tokens(hparams["n_vocab"], n, seed=n) for n in (5, 1, 17)]
+    together = gpt2.transformer(sum(sequences, []), **params, n_head=hparams["n_head"],
+                                batch=gpt2.Batch([len(s) for s in sequences]))
+    begin = 0
+    for sequence in sequences:
+        alone = gpt2.transformer(sequence, **params, n_head=hparams["n_head"])
+        assert np.abs(together[begin : begin + len(sequence)] - alone).max() <= ATOL
+        begin += len(sequence)
 
 
 def test_logits_are_float32_with_shape_n_seq_by_n_vocab(fixture_name):
@@ -198,13 +211,13 @@ def test_empty_inputs_are_an_error_that_says_how_to_sample_unconditionally():
         gpt2.generate([], params, hparams["n_head"], 1)
 
 
-def test_kv_cache_is_one_float32_array_sized_for_the_batch_and_prompt_plus_new_tokens():
+def test_kv_cache_is_one_float32_array_per_kind_for_all_layers_and_grows_when_it_must():
     hparams, params = load_fixture("tiny-b")
-    cache = gpt2.new_kv_cache(params, hparams["n_head"], 3, 10)
+    cache = gpt2.KVCache(params, hparams["n_head"], 10)
     head_dim = hparams["n_embd"] // hparams["n_head"]
-    assert len(cache) == hparams["n_layer"]
-    for keys, values in cache:
-        assert keys.shape == (3, hparams["n_head"], head_dim, 10)  # keys transposed, for q @ keys
-        assert values.shape == (3, hparams["n_head"], 10, head_dim)
-        assert keys.dtype == values.dtype == np.float32
-    assert cache[0][0].base is cache[1][0].base, "one allocation for all layers"
+    assert cache.keys.shape == (hparams["n_layer"], hparams["n_head"], head_dim, 10)  # keys transposed, for q @ keys
+    assert cache.values.shape == (hparams["n_layer"], hparams["n_head"], 10, head_dim)
+    assert cache.keys.dtype == cache.values.dtype == np.float32
+    cache.keys[..., :7] = 1.5
+    assert cache.claim(7) == 0 and cache.claim(5) == 7
+    assert cache.keys.shape[-1] >= 12 and (cache.keys[..., :7] == 1.5).all(), "growing keeps what was stored"
