@@ -30,7 +30,7 @@ What the numbers mean:
   from start to exit, its CPU time and its peak resident memory (ru_maxrss from os.wait4), after one
   untimed run so that the weights are in the page cache. transformers: the same for
   bench/transformers_generate.py. pico: `python gpt2_pico.py PROMPT 40 124M DIR`.
-- batch of B: new tokens per second of gpt2.generate_completions (what --prompts_file runs) for B
+- batch of B: new tokens per second of the engine (what --prompts_file runs) for B
   different 10-token prompts at once, 40 new tokens each, the pass over the prompts included.
 - start-up: in a fresh process (bench/startup.py), the time to `import gpt2, utils` and call
   utils.load_encoder_hparams_and_params (warm page cache).
@@ -72,6 +72,8 @@ import gpt2_pico  # noqa: E402
 import tf_checkpoint  # noqa: E402
 import utils  # noqa: E402
 from download import MODEL_FILES  # noqa: E402
+from engine import Engine  # noqa: E402
+from settings import Settings  # noqa: E402
 from references import transformers_model  # noqa: E402
 
 if TYPE_CHECKING:
@@ -237,8 +239,17 @@ def measure_in_process(
         samples.measure("matrix_only_step", passes)
         for size in BATCH_SIZES:
             batch = batch_prompts(prompts["short"], size)
-            run_batch = lambda: seconds(gpt2.generate_completions, batch, params, n_head, counts["batch_new"])
+            run_batch = lambda: seconds(engine_completions, batch, params, n_head, counts["batch_new"])
             samples.measure(f"ours_batch{size}", run_batch)
+
+
+def engine_completions(prompts: list[list[int]], params: dict, n_head: int, n_new: int) -> None:
+    """What --prompts_file runs: every prompt queued in the engine, all generating together."""
+    engine = Engine(params, n_head, None, lambda tokens: b"", max_rows=len(prompts))
+    for prompt in prompts:
+        engine.submit(prompt, Settings(max_tokens=n_new))
+    for _ in engine.run():
+        pass
 
 
 def batch_prompts(prompt: list[int], size: int) -> list[list[int]]:
