@@ -73,8 +73,8 @@ import tf_checkpoint  # noqa: E402
 import utils  # noqa: E402
 from download import MODEL_FILES  # noqa: E402
 from engine import Engine  # noqa: E402
-from settings import Settings  # noqa: E402
 from references import transformers_model  # noqa: E402
+from settings import Settings  # noqa: E402
 
 if TYPE_CHECKING:
     import transformers

@@ -171,10 +171,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--cache_dir", default=os.path.join(os.path.dirname(BENCH_DIR), "bench_cache"))
     args = parser.parse_args(argv)
-    from harness import limit_threads
-    from bench import ensure_checkpoint
-
     import utils
+    from bench import ensure_checkpoint
+    from harness import limit_threads
 
     limits = limit_threads(args.threads)  # noqa: F841 (the limits hold while the object lives)
     model_dir = ensure_checkpoint(os.path.abspath(args.cache_dir), args.model)
