@@ -279,8 +279,24 @@ def progress_bar(**kwargs: object) -> "tqdm":
     return tqdm(file=sys.stderr, disable=not sys.stderr.isatty(), **kwargs)
 
 
+def run_serve(args: argparse.Namespace) -> None:
+    """--serve: the model behind an OpenAI-compatible API until Ctrl-C or SIGTERM (server.py)."""
+    try:
+        import server
+    except ImportError as e:
+        raise GPT2Error(f"--serve needs {e.name}: pip install -r requirements-serve.txt") from None
+    encoder, hparams, params = load_model(args)
+    engine = make_engine(args, encoder, hparams, params, max_rows=args.max_batch)
+    model_id = args.model or f"gpt2-{args.model_size}"
+    app = server.make_app(engine, encoder, model_id, hparams["n_ctx"], args.api_key, args.max_queue, args.cors_origin)
+    print(f"gpt2.py: serving {model_id} on http://{args.host}:{args.port} (Ctrl-C stops)", file=sys.stderr, flush=True)
+    server.Server(app, args.host, args.port).run()
+
+
 def run(args: argparse.Namespace) -> None:
-    if args.info:
+    if args.serve:
+        run_serve(args)
+    elif args.info:
         run_info(args)
     elif args.score is not None:
         run_score(args)

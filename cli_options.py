@@ -118,6 +118,17 @@ def build_parser() -> argparse.ArgumentParser:
     scoring("--stride", type=positive_int, default=None,
             help="for texts longer than n_ctx, how far the window moves; below n_ctx (default: n_ctx // 2)")
     scoring("--json", action="store_true", help="with --score: print JSON, with every token's log-probability")
+    serving = parser.add_argument_group("serving (an OpenAI-compatible completions API)").add_argument
+    serving("--serve", action="store_true", help="serve /v1/completions and a playground at / until Ctrl-C")
+    serving("--host", default="127.0.0.1", help="the address to listen on (127.0.0.1: this machine only)")
+    serving("--port", type=non_negative_int, default=8000, help="the port to listen on (0: any free one)")
+    serving("--api_key", metavar="KEY", default=None,
+            help="require 'Authorization: Bearer KEY' on /v1 and the tokenizer routes")
+    serving("--max_batch", type=positive_int, default=32, metavar="N", help="the most rows in flight; the rest wait")
+    serving("--max_queue", type=positive_int, default=256, metavar="N",
+            help="the most rows waiting; beyond it, requests get 429 with Retry-After")
+    serving("--cors_origin", metavar="ORIGIN", default=None,
+            help="allow browser pages from this origin to call the API (default: no CORS)")
     inside = parser.add_argument_group("looking inside").add_argument
     inside("--info", action="store_true", help="print the model card (sizes, parameters, costs) and exit")
     inside("--explain", metavar="PATH.html",
@@ -145,8 +156,12 @@ def settings_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if (args.prompt is not None) + (args.prompts_file is not None) + (args.score is not None) + args.info != 1:
-        parser.error("give exactly one of: a prompt, --prompts_file PATH, --score PATH, --info")
+    modes = (args.prompt is not None) + (args.prompts_file is not None) + (args.score is not None) + args.info
+    if modes + args.serve != 1:
+        parser.error("give exactly one of: a prompt, --prompts_file PATH, --score PATH, --info, --serve")
+    for option in ("host", "port", "api_key", "max_batch", "max_queue", "cors_origin"):
+        if getattr(args, option) != parser.get_default(option) and not args.serve:
+            parser.error(f"--{option} goes with --serve")
     for option, value, needs, mode in [
         ("--output", args.output, "--prompts_file", args.prompts_file),
         ("--json", args.json, "--score", args.score),
