@@ -10,6 +10,8 @@ import base64
 import html
 import json
 import os
+import re
+import stat
 import tempfile
 import zlib
 
@@ -36,31 +38,65 @@ def page_data(data: dict, token_text: dict[int, str]) -> dict:
     }
 
 
+def embedded_json(value: object) -> str:
+    """JSON that is safe inside <script type="application/json">: every `<` is written as the escape
+    \\u003c, so no text in it can close the element (`</script>`) or open a comment (`<!--`)."""
+    return json.dumps(value, ensure_ascii=False).replace("<", "\\u003c")
+
+
+def fill(template: str, **values: str) -> str:
+    """Put each value in place of its {name} in one pass: a value's own text is never searched again,
+    so a prompt holding "{data}" stays that text. Only the names given are placeholders; JavaScript's
+    own braces are left alone."""
+    pattern = "|".join(re.escape("{" + name + "}") for name in values)
+    return re.sub(pattern, lambda match: values[match[0][1:-1]], template)
+
+
 def render(data: dict, token_text: dict[int, str], title: str) -> str:
-    payload = json.dumps(page_data(data, token_text), ensure_ascii=False).replace("</", "<\\/")
-    return PAGE.replace("{title}", html.escape(title)).replace("{data}", payload)
+    return fill(PAGE, title=html.escape(title), data=embedded_json(page_data(data, token_text)))
+
+
+def write_page(path: str, option: str, text: str) -> None:
+    """Write the page to a temporary file beside `path` (or beside the file a symlink names), then
+    rename it over: an existing page is only replaced by a complete one, and a failed write leaves
+    no temporary file behind."""
+    check_writable(path, option)  # again: the path may have changed during the run
+    target = os.path.realpath(path)
+    name = None
+    try:
+        with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=os.path.dirname(target), suffix=".tmp",
+                                         delete=False) as f:
+            name = f.name
+            f.write(text)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(name, 0o666 & ~umask)  # as open() would have made it; temporary files are private
+        os.replace(name, target)
+    except OSError as e:
+        if name is not None and os.path.exists(name):
+            os.unlink(name)
+        raise GPT2Error(f"cannot write {option} {path}: {e.strerror}; choose another path") from None
 
 
 def write_report(path: str, data: dict, token_text: dict[int, str], title: str) -> None:
-    """Write the page to a temporary file beside `path`, then rename it: an existing report is only
-    replaced by a complete one."""
-    folder = os.path.dirname(os.path.abspath(path))
-    try:
-        with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=folder, suffix=".tmp", delete=False) as f:
-            f.write(render(data, token_text, title))
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(f.name, 0o666 & ~umask)  # as open() would have made it; temporary files are private
-        os.replace(f.name, path)
-    except OSError as e:
-        raise GPT2Error(f"cannot write --explain {path}: {e.strerror}; choose another path") from None
+    write_page(path, "--explain", render(data, token_text, title))
 
 
-def check_writable(path: str) -> None:
-    """Fail before any work if the report could not be written."""
-    folder = os.path.dirname(os.path.abspath(path))
-    if os.path.isdir(path) or not os.path.isdir(folder) or not os.access(folder, os.W_OK):
-        raise GPT2Error(f"cannot write --explain {path}: its folder is missing or not writable, or it is a folder")
+def check_writable(path: str, option: str = "--explain") -> None:
+    """Fail before any work if the page could not be written. Only a regular file is ever replaced:
+    a FIFO, a device such as /dev/null, a folder or a symlink to one of those (or to nothing) is
+    refused, since renaming over it would destroy what is there."""
+    if os.path.lexists(path):
+        try:
+            kind = os.stat(path).st_mode
+        except OSError:
+            raise GPT2Error(f"cannot write {option} {path}: it is a symlink to nothing; choose another path") from None
+        if not stat.S_ISREG(kind):
+            what = "a folder" if stat.S_ISDIR(kind) else "not a regular file (a FIFO, a device or a socket)"
+            raise GPT2Error(f"cannot write {option} {path}: it is {what}; choose another path")
+    folder = os.path.dirname(os.path.realpath(path))
+    if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+        raise GPT2Error(f"cannot write {option} {path}: its folder is missing or not writable; choose another path")
 
 
 PAGE = """<!DOCTYPE html>

@@ -7,11 +7,11 @@ import base64
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import zlib
 
+import browser_page
 import numpy as np
 import pytest
 
@@ -23,8 +23,8 @@ import utils
 from conftest import REPO_DIR, load_fixture, symlinked_models_dir
 from encoder import get_encoder
 
+browser = browser_page.browser  # the fixture
 ENV = dict(os.environ, GPT2_BASE_URL="http://127.0.0.1:9/gpt-2/models", PYTHONIOENCODING="utf-8")
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 @pytest.fixture(scope="module")
@@ -243,30 +243,10 @@ def test_timing_reports_load_prompt_pass_decode_and_bandwidth_on_stderr(models_d
 # ---------------------------------------------------------------- in a real browser
 
 
-@pytest.fixture(scope="module")
-def browser():
-    if CHROMIUM is None:
-        if os.environ.get("CI"):  # .ci/run installs it: in CI a missing browser is a failure, not a skip
-            pytest.fail("chromium is missing: .ci/run should have installed it")
-        pytest.skip("needs Debian's chromium (apt-get install chromium); .ci/run installs it")
-    playwright_api = pytest.importorskip("playwright.sync_api", reason="needs playwright (tests/requirements.txt)")
-    with playwright_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-            "--no-first-run", "--disable-sync"])
-        yield browser
-        browser.close()
-
-
 def test_the_report_opens_in_chromium_without_errors_or_requests_and_its_large_view_follows_the_choice(
         browser, report):
-    page = browser.new_page(viewport={"width": 1200, "height": 900})
-    errors, requests = [], []
-    page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
-    page.on("pageerror", lambda error: errors.append(str(error)))
-    page.on("request", lambda request: requests.append(request.url))
-    page.goto(report[0].as_uri())
-    page.wait_for_selector("body[data-ready='1']", timeout=20_000)
+    opened = browser_page.OpenedPage(browser, report[0])
+    page = opened.page
     big = lambda: page.eval_on_selector("#big", "canvas => canvas.toDataURL()")
     first = big()
     page.select_option("#layer", index=2)  # the third layer
@@ -277,5 +257,5 @@ def test_the_report_opens_in_chromium_without_errors_or_requests_and_its_large_v
     assert page.eval_on_selector("#big", "canvas => canvas.dataset.shown") == "0,1"
     assert page.locator("#grid canvas").count() == 3 * 4
     assert page.locator("#lens tr").count() == 1 + 3
-    assert errors == [] and requests == [report[0].as_uri()], (errors, requests)
+    opened.assert_quiet()
     page.close()
