@@ -137,3 +137,53 @@ def from_bytes(stored: np.ndarray) -> np.ndarray:
     """as_bytes undone, to within its rounding."""
     return (stored.astype(np.float32) / 255) ** 2
 
+
+
+# ---------------------------------------------------------------- --score --explain: a text the user already has
+
+
+def scored_positions(tokens: list[int], params: dict, n_head: int, stride: int, rows_at_once: int = 256,
+                     progress: object = None) -> dict:
+    """For every token but the first: its log-probability, its rank in the model's prediction (1 is
+    the most likely; ties count in its favour) and the model's top TOP_K there.
+
+    The windows, the chunks of rows and the float32 arithmetic of the log-probabilities are those
+    of gpt2.token_logprobs, so the log-probabilities are the same numbers, bit for bit, as
+    `--score --json` prints (a test checks it); ranks and the top k come from the same logits.
+    """
+    tokens = np.asarray(tokens)
+    n_ctx, n = params["wpe"].shape[0], len(tokens) - 1
+    if not 1 <= stride < n_ctx:
+        raise ValueError(f"stride must be from 1 to n_ctx - 1 = {n_ctx - 1}, so that windows overlap")
+    out = {"logprobs": np.empty(n, np.float32), "ranks": np.empty(n, np.int64),
+           "top_ids": np.empty((n, TOP_K), np.int64), "top_probs": np.empty((n, TOP_K), np.float32)}
+    scored = 1  # the first token has no context to be predicted from
+    for begin in range(0, len(tokens), stride):
+        end = min(begin + n_ctx, len(tokens))
+        x = gpt2.transformer([tokens[begin:end]], **params, n_head=n_head)[0]  # [end - begin, n_embd]
+        predictors = x[scored - 1 - begin : end - 1 - begin]  # the rows that predict tokens scored .. end - 1
+        for i in range(0, len(predictors), rows_at_once):
+            rows = slice(scored - 1 + i, min(scored - 1 + i + rows_at_once, end - 1))  # in out's numbering
+            score_rows(predictors[i : i + rows_at_once], gpt2.head(**params), tokens[rows.start + 1 : rows.stop + 1],
+                       {name: array[rows] for name, array in out.items()})
+        scored = end
+        if progress is not None:
+            progress(scored - 1)
+        if end == len(tokens):
+            break
+    return out
+
+
+def score_rows(x: np.ndarray, head: np.ndarray, targets: np.ndarray, out: dict) -> None:  # [rows, E], [rows]
+    """Fill out's views for these rows; the log-probability is gpt2.target_logprobs's, step for step."""
+    logits = x @ head.T  # [rows, n_embd] -> [rows, n_vocab]
+    peak = np.max(logits, axis=-1, keepdims=True)
+    log_total = np.log(np.sum(np.exp(logits - peak), axis=-1)) + peak[:, 0]  # log-sum-exp: [rows]
+    target_logits = logits[np.arange(len(logits)), targets]
+    out["logprobs"][:] = target_logits - log_total
+    out["ranks"][:] = 1 + (logits > target_logits[:, None]).sum(axis=-1)
+    top = np.argpartition(-logits, TOP_K, axis=-1)[:, :TOP_K]  # [rows, k], in no order
+    top_logits = np.take_along_axis(logits, top, axis=-1)
+    order = np.argsort(-top_logits, axis=-1, kind="stable")
+    out["top_ids"][:] = np.take_along_axis(top, order, axis=-1)
+    out["top_probs"][:] = np.exp(np.take_along_axis(top_logits, order, axis=-1) - log_total[:, None])

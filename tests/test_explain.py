@@ -211,7 +211,7 @@ def test_a_report_of_a_full_context_stays_small_and_says_what_it_left_out(monkey
 
 @pytest.mark.parametrize("args, message", [
     (["--prompts_file", "p.txt", "--explain", "r.html"], "--explain goes with a single prompt"),
-    (["--score", "t.txt", "--explain", "r.html"], "--explain goes with a single prompt"),
+    (["--info", "--explain", "r.html"], "--explain goes with a single prompt or --score"),
     (["--score", "t.txt", "--timing"], "--timing goes with a single prompt"),
     (["hi", "--info"], "exactly one of"),
 ])
