@@ -3,6 +3,7 @@ Playwright), shared by the tests of the --explain pages. Import `browser` into a
 the fixture."""
 import os
 import shutil
+import struct
 
 import pytest
 
@@ -42,13 +43,27 @@ class OpenedPage:
         assert self.errors == [] and self.requests == [self.uri], (self.errors, self.requests)
 
     def widest_overflow(self):
-        """How far (in CSS pixels) the widest element reaches past the viewport's right edge, and it."""
+        """How far (in CSS pixels) the widest element reaches past the viewport's right edge, and
+        which one. What sits inside a scrolling box (a wide table in an `overflow: auto` div) is
+        reached by scrolling that box, so only the box itself counts."""
         return self.page.evaluate("""() => {
             const width = document.documentElement.clientWidth;
+            const scrolls = e => ["auto", "scroll", "hidden"].includes(getComputedStyle(e).overflowX);
             let worst = [document.documentElement.scrollWidth - width, "the document"];
             for (const e of document.querySelectorAll("body *")) {
+              let inside = false;
+              for (let a = e.parentElement; a && a !== document.body; a = a.parentElement) inside ||= scrolls(a);
               const over = e.getBoundingClientRect().right - width;
-              if (over > worst[0]) worst = [over, e.tagName + (e.id ? "#" + e.id : "") + "." + e.className];
+              if (!inside && over > worst[0]) worst = [over, e.tagName + (e.id ? "#" + e.id : "") + "." + e.className];
             }
             return worst;
         }""")
+
+    def assert_nothing_overflows(self, screenshot_path):
+        """A full-page screenshot is as wide as the page's content: at the viewport's width, nothing
+        needs a horizontal scroll bar; then the same per element."""
+        png = self.page.screenshot(path=str(screenshot_path), full_page=True)
+        width, shot_width = self.page.viewport_size["width"], struct.unpack(">I", png[16:20])[0]  # PNG's IHDR
+        assert shot_width == width, f"the page is {shot_width} px wide at a {width} px viewport"
+        over, where = self.widest_overflow()
+        assert over <= 0, f"{where} reaches {over} px past the right edge at {width} px"

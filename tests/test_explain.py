@@ -257,5 +257,38 @@ def test_the_report_opens_in_chromium_without_errors_or_requests_and_its_large_v
     assert page.eval_on_selector("#big", "canvas => canvas.dataset.shown") == "0,1"
     assert page.locator("#grid canvas").count() == 3 * 4
     assert page.locator("#lens tr").count() == 1 + 3
+    assert page.locator("canvas.colour-scale").count() == 2, "the grid and the large view each have a scale"
+    assert min(page.locator("#grid canvas").evaluate_all("cs => cs.map(c => c.clientWidth)")) >= 40
     opened.assert_quiet()
     page.close()
+
+
+def test_each_steps_row_shows_the_chosen_token_once_where_it_ranks_and_no_token_wraps(browser, report):
+    opened = browser_page.OpenedPage(browser, report[0])
+    page, data = opened.page, embedded_data(report[0])
+    rows = page.locator("#steps tr")
+    assert rows.count() == 1 + len(data["steps"])
+    for i, step in enumerate(data["steps"]):
+        cells = rows.nth(1 + i).locator("td")
+        chosen = [k for k, (token, _) in enumerate(step["top"]) if token == step["chosen"]]
+        assert cells.count() == 10 + (not chosen), "the top 10, and the chosen token only if it is not among them"
+        assert rows.nth(1 + i).locator("td.chosen").count() == 1
+        if chosen:
+            assert cells.nth(chosen[0]).get_attribute("class") == "chosen"
+    lines = page.locator("#steps .q, #lens td").evaluate_all("es => es.map(e => e.getClientRects().length)")
+    assert set(lines) == {1}, "a quoted token is one box: it never wraps"
+    opened.assert_quiet()
+    page.close()
+
+
+def test_the_report_fits_1280_pixels_with_nothing_overflowing(browser, models_dir, tmp_path):
+    """A long prompt and a long model card; wide tables scroll inside their own boxes."""
+    path = tmp_path / "wide.html"
+    prompt = "A long prompt with many words, quoted ones \"like these\" and longer ones, " * 3
+    result = run_cli(prompt, "--models_dir", models_dir, "--n_tokens_to_generate", 10, "--explain", path,
+                     "--ignore_eos")
+    assert result.returncode == 0, result.stderr.decode()
+    opened = browser_page.OpenedPage(browser, path, width=1280)
+    opened.assert_nothing_overflows(tmp_path / "report.png")
+    opened.assert_quiet()
+    opened.page.close()
