@@ -16,6 +16,7 @@ import explain
 import explain_page
 import gpt2
 import model_card
+import score_page
 import utils
 from cli_files import Prompt, append_records, completion_record, count_finished_records, read_prompts, read_text
 from cli_options import parse_args
@@ -248,6 +249,8 @@ def write_completions(
 
 
 def run_score(args: argparse.Namespace) -> None:
+    if args.explain:
+        explain_page.check_writable(args.explain)  # before any work
     text = read_text(args.score)
     encoder, hparams, params = load_model(args)
     tokens = encoder.encode(text)
@@ -258,7 +261,13 @@ def run_score(args: argparse.Namespace) -> None:
         raise GPT2Error(f"--stride {stride} must be smaller than the model's context ({hparams['n_ctx']} tokens)")
     with progress_bar(total=len(tokens) - 1, unit="token", desc="scoring") as bar:
         progress = lambda n_scored: bar.update(n_scored - bar.n)
-        logprobs = gpt2.token_logprobs(tokens, params, hparams["n_head"], stride, progress=progress)
+        if args.explain:  # the same windows and numbers, with each token's rank and top 10 kept for the page
+            logprobs = score_page.score_and_write(args.explain, encoder, tokens, params, hparams["n_head"], stride,
+                                                  progress, args.model or f"GPT-2 {args.model_size}", args.score)
+        else:
+            logprobs = gpt2.token_logprobs(tokens, params, hparams["n_head"], stride, progress=progress)
+    if args.explain:
+        print(f"gpt2.py: wrote {args.explain}", file=sys.stderr)
     nll = -math.fsum(logprobs.tolist()) / len(logprobs)  # average negative log-likelihood, nats per token
     summary = {"n_tokens_scored": len(logprobs), "avg_nll": nll, "perplexity": math.exp(nll), "stride": stride}
     if args.json:

@@ -132,7 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
     inside = parser.add_argument_group("looking inside").add_argument
     inside("--info", action="store_true", help="print the model card (sizes, parameters, costs) and exit")
     inside("--explain", metavar="PATH.html",
-           help="with a prompt: also write a self-contained HTML report (tokens, top 10s, attention, logit lens)")
+           help="with a prompt: also write a self-contained HTML report (tokens, top 10s, attention, logit lens); "
+                "with --score: a page of the text coloured by each token's rank, with its top 10s")
     inside("--timing", action="store_true",
            help="with a prompt: print load, prompt-pass and decode times and decode's memory bandwidth on stderr")
     return parser
@@ -167,7 +168,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         ("--json", args.json, "--score", args.score),
         ("--stride", args.stride, "--score", args.score),
         ("--show_probs", args.show_probs, "a single prompt", args.prompt),
-        ("--explain", args.explain, "a single prompt", args.prompt),
+        ("--explain", args.explain, "a single prompt or --score", args.prompt if args.score is None else args.score),
         ("--timing", args.timing, "a single prompt", args.prompt),
     ]:
         if value and mode is None:

@@ -136,3 +136,43 @@ def from_bytes(stored: np.ndarray) -> np.ndarray:
     """as_bytes undone, to within its rounding."""
     return (stored.astype(np.float32) / 255) ** 2
 
+
+# ---------------------------------------------------------------- --score --explain: a text the user already has
+
+
+def scored_positions(tokens: list[int], params: dict, n_head: int, stride: int, rows_at_once: int = 256,
+                     progress: object = None) -> dict:
+    """For every token but the first: its log-probability, its rank in the model's prediction (1 is
+    the most likely; ties count in its favour) and the model's top TOP_K there.
+
+    The windows (gpt2.scoring_windows), the chunks of rows and the float32 arithmetic of the
+    log-probabilities are those of gpt2.token_logprobs, so the log-probabilities are the same numbers, bit for bit, as
+    `--score --json` prints (a test checks it); ranks and the top k come from the same logits.
+    """
+    tokens = np.asarray(tokens)
+    n = len(tokens) - 1
+    out = {"logprobs": np.empty(n, np.float32), "ranks": np.empty(n, np.int64),
+           "top_ids": np.empty((n, TOP_K), np.int64), "top_probs": np.empty((n, TOP_K), np.float32)}
+    for start, predictors in gpt2.scoring_windows(tokens, params, n_head, stride):
+        for i in range(0, len(predictors), rows_at_once):
+            rows = slice(start - 1 + i, min(start - 1 + i + rows_at_once, start - 1 + len(predictors)))  # in out's
+            score_rows(predictors[i : i + rows_at_once], gpt2.head(**params), tokens[rows.start + 1 : rows.stop + 1],
+                       {name: array[rows] for name, array in out.items()})
+        if progress is not None:
+            progress(start - 1 + len(predictors))
+    return out
+
+
+def score_rows(x: np.ndarray, head: np.ndarray, targets: np.ndarray, out: dict) -> None:  # [rows, E], [rows]
+    """Fill out's views for these rows; the log-probability is gpt2.target_logprobs's, step for step."""
+    logits = x @ head.T  # [rows, n_embd] -> [rows, n_vocab]
+    peak = np.max(logits, axis=-1, keepdims=True)
+    log_total = np.log(np.sum(np.exp(logits - peak), axis=-1)) + peak[:, 0]  # log-sum-exp: [rows]
+    target_logits = logits[np.arange(len(logits)), targets]
+    out["logprobs"][:] = target_logits - log_total
+    out["ranks"][:] = 1 + (logits > target_logits[:, None]).sum(axis=-1)
+    top = np.argpartition(-logits, TOP_K, axis=-1)[:, :TOP_K]  # [rows, k], in no order
+    top_logits = np.take_along_axis(logits, top, axis=-1)
+    order = np.argsort(-top_logits, axis=-1, kind="stable")
+    out["top_ids"][:] = np.take_along_axis(top, order, axis=-1)
+    out["top_probs"][:] = np.exp(np.take_along_axis(top_logits, order, axis=-1) - log_total[:, None])

@@ -10,6 +10,8 @@ import base64
 import html
 import json
 import os
+import re
+import stat
 import tempfile
 import zlib
 
@@ -36,31 +38,65 @@ def page_data(data: dict, token_text: dict[int, str]) -> dict:
     }
 
 
+def embedded_json(value: object) -> str:
+    """JSON that is safe inside <script type="application/json">: every `<` is written as the escape
+    \\u003c, so no text in it can close the element (`</script>`) or open a comment (`<!--`)."""
+    return json.dumps(value, ensure_ascii=False).replace("<", "\\u003c")
+
+
+def fill(template: str, **values: str) -> str:
+    """Put each value in place of its {name} in one pass: a value's own text is never searched again,
+    so a prompt holding "{data}" stays that text. Only the names given are placeholders; JavaScript's
+    own braces are left alone."""
+    pattern = "|".join(re.escape("{" + name + "}") for name in values)
+    return re.sub(pattern, lambda match: values[match[0][1:-1]], template)
+
+
 def render(data: dict, token_text: dict[int, str], title: str) -> str:
-    payload = json.dumps(page_data(data, token_text), ensure_ascii=False).replace("</", "<\\/")
-    return PAGE.replace("{title}", html.escape(title)).replace("{data}", payload)
+    return fill(PAGE, title=html.escape(title), data=embedded_json(page_data(data, token_text)))
+
+
+def write_page(path: str, option: str, text: str) -> None:
+    """Write the page to a temporary file beside `path` (or beside the file a symlink names), then
+    rename it over: an existing page is only replaced by a complete one, and a failed write leaves
+    no temporary file behind."""
+    check_writable(path, option)  # again: the path may have changed during the run
+    target = os.path.realpath(path)
+    name = None
+    try:
+        with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=os.path.dirname(target), suffix=".tmp",
+                                         delete=False) as f:
+            name = f.name
+            f.write(text)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(name, 0o666 & ~umask)  # as open() would have made it; temporary files are private
+        os.replace(name, target)
+    except OSError as e:
+        if name is not None and os.path.exists(name):
+            os.unlink(name)
+        raise GPT2Error(f"cannot write {option} {path}: {e.strerror}; choose another path") from None
 
 
 def write_report(path: str, data: dict, token_text: dict[int, str], title: str) -> None:
-    """Write the page to a temporary file beside `path`, then rename it: an existing report is only
-    replaced by a complete one."""
-    folder = os.path.dirname(os.path.abspath(path))
-    try:
-        with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=folder, suffix=".tmp", delete=False) as f:
-            f.write(render(data, token_text, title))
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(f.name, 0o666 & ~umask)  # as open() would have made it; temporary files are private
-        os.replace(f.name, path)
-    except OSError as e:
-        raise GPT2Error(f"cannot write --explain {path}: {e.strerror}; choose another path") from None
+    write_page(path, "--explain", render(data, token_text, title))
 
 
-def check_writable(path: str) -> None:
-    """Fail before any work if the report could not be written."""
-    folder = os.path.dirname(os.path.abspath(path))
-    if os.path.isdir(path) or not os.path.isdir(folder) or not os.access(folder, os.W_OK):
-        raise GPT2Error(f"cannot write --explain {path}: its folder is missing or not writable, or it is a folder")
+def check_writable(path: str, option: str = "--explain") -> None:
+    """Fail before any work if the page could not be written. Only a regular file is ever replaced:
+    a FIFO, a device such as /dev/null, a folder or a symlink to one of those (or to nothing) is
+    refused, since renaming over it would destroy what is there."""
+    if os.path.lexists(path):
+        try:
+            kind = os.stat(path).st_mode
+        except OSError:
+            raise GPT2Error(f"cannot write {option} {path}: it is a symlink to nothing; choose another path") from None
+        if not stat.S_ISREG(kind):
+            what = "a folder" if stat.S_ISDIR(kind) else "not a regular file (a FIFO, a device or a socket)"
+            raise GPT2Error(f"cannot write {option} {path}: it is {what}; choose another path")
+    folder = os.path.dirname(os.path.realpath(path))
+    if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+        raise GPT2Error(f"cannot write {option} {path}: its folder is missing or not writable; choose another path")
 
 
 PAGE = """<!DOCTYPE html>
@@ -69,39 +105,53 @@ PAGE = """<!DOCTYPE html>
 <title>{title}</title>
 <style>
 body { font: 14px/1.45 system-ui, sans-serif; margin: 1.5em auto; max-width: 1100px; padding: 0 1em; color: #222; }
-h1 { font-size: 1.4em; } h2 { font-size: 1.15em; margin-top: 2em; border-bottom: 1px solid #ddd; }
+h1 { font-size: 1.4em; overflow-wrap: anywhere; }
+h2 { font-size: 1.15em; margin-top: 2em; border-bottom: 1px solid #ddd; } .hint { max-width: 52em; }
 .tok { display: inline-block; white-space: pre; border-radius: 3px; padding: 0 1px; margin: 1px; }
 .p { background: #e8eef8; } .g { background: #fdecc8; } .split { outline: 1px dashed #c33; }
 table { border-collapse: collapse; font-size: 12px; } td, th { padding: 2px 5px; border: 1px solid #eee; }
+td, th { white-space: nowrap; } .q { font-family: ui-monospace, monospace; white-space: pre; }
 td.chosen { background: #fdecc8; font-weight: bold; } .mono { font-family: ui-monospace, monospace; }
-#grid { display: grid; gap: 3px; align-items: center; } #grid canvas { width: 44px; height: 44px;
-  image-rendering: pixelated; border: 2px solid transparent; cursor: pointer; }
+#grid { display: grid; gap: 4px; align-items: center; }
+#grid canvas { image-rendering: pixelated; border: 2px solid transparent; cursor: pointer; }
 #grid canvas.on { border-color: #c33; } #big { image-rendering: pixelated; border: 1px solid #ccc; }
-.scroll { overflow: auto; max-height: 520px; } .note { color: #a50; } pre { background: #f6f6f6; padding: 1em; }
+.scale { display: flex; align-items: center; gap: .6em; font-size: 12px; margin: .6em 0; }
+.scroll { overflow: auto; max-height: 560px; } .note { color: #a50; }
+pre { background: #f6f6f6; padding: 1em; white-space: pre-wrap; overflow-wrap: anywhere; }
 </style></head>
 <body>
 <h1>{title}</h1>
 <ul id="notes"></ul>
 <h2>1. Tokens</h2>
-<p>Prompt tokens are blue, generated ones orange. A dashed outline marks a token whose bytes start or
-end inside a character (its text shows as \ufffd alone). Hover a token for its id and bytes.</p>
+<p class="hint">The model never sees letters, only these tokens: the prompt's in blue, the generated ones in
+orange. Look at how words split: common words are one token, rare ones several. A dashed outline marks a
+token whose bytes start or end inside a character (its text shows as \ufffd alone). Hover a token for its
+id and bytes.</p>
 <div id="tokens"></div>
 <h2>2. Each step's top 10</h2>
-<p>The model's own probabilities at temperature 1 (after any penalties), as <code>--show_probs</code> shows them;
-the chosen token is highlighted.</p>
+<p class="hint">At every step the model gives each possible next token a probability; here are the 10 most
+likely, at temperature 1 (after any penalties), as <code>--show_probs</code> shows them. The token that was
+chosen is highlighted where it stands. One large probability means the model was sure; many small, similar
+ones mean it was guessing.</p>
 <div class="scroll"><table id="steps"></table></div>
 <h2>3. Attention</h2>
-<p>Every layer (rows) and head (columns); click one, or choose below. Darker is more attention, on a
-square-root scale so that small weights show. Rows are queries, columns the keys they attend to.</p>
+<p class="hint">In each layer, each head decides how much every token looks back at every earlier token; one
+small map per layer (rows) and head (columns). In a map, rows are the tokens doing the looking (queries),
+columns the tokens looked at (keys), and each row's weights add up to 1. Look for heads that look at the
+previous token (a line just below the diagonal) and heads that put most weight on the first token.</p>
+<div class="scale"><span>attention weight:</span><canvas class="colour-scale"></canvas></div>
 <div id="grid"></div>
-<p>Layer <select id="layer"></select> head <select id="head"></select></p>
+<p>Click a map, or choose: layer <select id="layer"></select> head <select id="head"></select>.
+The large view puts the tokens on its axes.</p>
+<div class="scale"><span>attention weight:</span><canvas class="colour-scale"></canvas></div>
 <div class="scroll"><canvas id="big"></canvas></div>
 <h2>4. Logit lens</h2>
-<p>For every layer and position: the most likely next token, and its probability, if the residual
-stream after that layer went straight to the final layer norm and the head. The last layer's row is the
-model's real prediction.</p>
+<p class="hint">For every layer and position: the most likely next token, and its probability (the redder,
+the surer), if the residual stream after that layer went straight to the final layer norm and the head.
+The last layer's row is the model's real prediction; look for the layer where a column settles on it.</p>
 <div class="scroll"><table id="lens"></table></div>
 <h2>5. The model</h2>
+<p class="hint">The model's sizes, where its parameters are, and what a token costs to compute.</p>
 <pre id="card"></pre>
 <script id="data" type="application/json">{data}</script>
 <script>
@@ -135,26 +185,46 @@ function tokens() {
     box.append(span);
   });
 }
+function candidate(id, text, chosen) {
+  const td = el("td", undefined, chosen ? "chosen" : "");
+  td.append(el("span", JSON.stringify(word(id)), "q"), " " + text);
+  return td;
+}
 function steps() {
-  const table = document.getElementById("steps");
+  const table = document.getElementById("steps"), head = el("tr");
+  head.append(el("th", "step"));
+  for (let k = 1; k <= 10; k++) head.append(el("th", `${k}.`));
+  table.append(head);
   D.steps.forEach((s, i) => {
-    const tr = el("tr"); tr.append(el("th", `step ${i + 1}`));
-    const chosen = s.top.find(([id]) => id === s.chosen);
-    tr.append(el("td", `${JSON.stringify(word(s.chosen))} ${chosen ? pct(chosen[1]) : ""}`, "chosen mono"));
-    s.top.forEach(([id, p]) => tr.append(el("td", `${JSON.stringify(word(id))} ${pct(p)}`,
-      id === s.chosen ? "chosen mono" : "mono")));
+    const tr = el("tr"); tr.append(el("th", `${i + 1}`));
+    s.top.forEach(([id, p]) => tr.append(candidate(id, pct(p), id === s.chosen)));
+    if (!s.top.some(([id]) => id === s.chosen)) tr.append(candidate(s.chosen, "(chosen; not in the top 10)", true));
     table.append(tr);
+  });
+}
+function colourScales() {  // the ramp draw() uses, with ticks where the square-root scale puts them
+  document.querySelectorAll("canvas.colour-scale").forEach(canvas => {
+    const width = 300, ctx = canvas.getContext("2d"); canvas.width = width + 20; canvas.height = 30;
+    const ramp = new Uint8Array(width).map((_, x) => Math.round(255 * x / (width - 1)));
+    const bar = el("canvas"); draw(bar, ramp, 0, 1, width, 1);
+    ctx.drawImage(bar, 10, 0, width, 14);
+    ctx.fillStyle = "#333"; ctx.font = "10px sans-serif"; ctx.textAlign = "center";
+    [0, 0.01, 0.05, 0.2, 0.5, 1].forEach(w => {
+      const x = 10 + Math.sqrt(w) * (width - 1);
+      ctx.fillRect(x, 14, 1, 4); ctx.fillText(String(w), x, 28);
+    });
   });
 }
 let ROWS, THUMBS, layer = 0, head = 0;
 function grid() {
   const [L, H, S] = D.thumbnails.shape, box = document.getElementById("grid");
-  box.style.gridTemplateColumns = `4em repeat(${H}, 48px)`;
+  const size = Math.max(40, Math.min(110, Math.floor((box.clientWidth - 64) / H) - 8));  // fill the width
+  box.style.gridTemplateColumns = `4em repeat(${H}, ${size + 4}px)`;
   for (let l = 0; l < L; l++) {
     box.append(el("span", `layer ${l + 1}`));
     for (let h = 0; h < H; h++) {
       const c = el("canvas"); c.dataset.layer = l; c.dataset.head = h; c.title = `layer ${l + 1}, head ${h + 1}`;
-      draw(c, THUMBS, ((l * H) + h) * S * S, S, S, 1);
+      draw(c, THUMBS, ((l * H) + h) * S * S, S, S, 1); c.style.width = c.style.height = `${size}px`;
       c.addEventListener("click", () => select(l, h)); box.append(c);
     }
   }
@@ -204,7 +274,7 @@ function lens() {
   document.getElementById("card").textContent = D.card;
   tokens(); steps(); lens();
   [ROWS, THUMBS] = await Promise.all([inflate(D.rows), inflate(D.thumbnails)]);
-  grid(); select(0, 0);
+  colourScales(); grid(); select(0, 0);
   document.body.dataset.ready = "1";
 })();
 </script>

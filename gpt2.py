@@ -258,31 +258,38 @@ def target_logprobs(x, head_weights, targets, rows_at_once=256):  # [n, n_embd],
     return out
 
 
-def token_logprobs(tokens, params, n_head, stride, rows_at_once=256, progress=None):  # [n_tokens] -> [n_tokens - 1]
-    """log p(tokens[i] | earlier tokens) for i >= 1, with a sliding window for texts longer than n_ctx.
+def scoring_windows(tokens, params, n_head, stride):  # [n_tokens] -> (start, [n, n_embd]) for each window
+    """The hidden states that predict each token after the first, a window at a time: yields (start, x),
+    where x[i] predicts tokens[start + i], for texts longer than n_ctx too.
 
-    Windows of n_ctx tokens start every `stride` tokens; each scores only the tokens that no earlier
-    window scored, so every token but the first is scored once, with at least n_ctx - stride tokens
-    of context once the text is longer than a window (HuggingFace's perplexity guide does the same).
-    progress(n_scored), if given, is called after each window.
+    Windows of n_ctx tokens start every `stride` tokens; each gives only the rows for tokens that no
+    earlier window covered, so every token but the first is predicted once, with at least
+    n_ctx - stride tokens of context once the text is longer than a window (HuggingFace's
+    perplexity guide does the same).
     """
-    tokens = np.asarray(tokens)
     n_ctx = params["wpe"].shape[0]
     if not 1 <= stride < n_ctx:
         raise ValueError(f"stride must be from 1 to n_ctx - 1 = {n_ctx - 1}, so that windows overlap")
-    logprobs = np.empty(len(tokens) - 1, dtype=np.float32)
     scored = 1  # the first token has no context to be predicted from
     for begin in range(0, len(tokens), stride):
         end = min(begin + n_ctx, len(tokens))
         x = transformer(tokens[begin:end], **params, n_head=n_head)  # [end - begin, n_embd]
-        predictors = x[scored - 1 - begin : end - 1 - begin]  # the rows that predict tokens scored .. end - 1
-        targets = tokens[scored:end]
-        logprobs[scored - 1 : end - 1] = target_logprobs(predictors, head(**params), targets, rows_at_once)
+        yield scored, x[scored - 1 - begin : end - 1 - begin]  # the rows that predict tokens scored .. end - 1
         scored = end
-        if progress is not None:
-            progress(scored - 1)
         if end == len(tokens):
             break
+
+
+def token_logprobs(tokens, params, n_head, stride, rows_at_once=256, progress=None):  # [n_tokens] -> [n_tokens - 1]
+    """log p(tokens[i] | earlier tokens) for i >= 1, windowed as scoring_windows says.
+    progress(n_scored), if given, is called after each window."""
+    tokens = np.asarray(tokens)
+    logprobs = np.empty(len(tokens) - 1, dtype=np.float32)
+    for start, x in scoring_windows(tokens, params, n_head, stride):
+        end = start + len(x)
+        logprobs[start - 1 : end - 1] = target_logprobs(x, head(**params), tokens[start:end], rows_at_once)
+        if progress is not None:
+            progress(end - 1)
     return logprobs
 
 

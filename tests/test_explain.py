@@ -7,11 +7,11 @@ import base64
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import zlib
 
+import browser_page
 import numpy as np
 import pytest
 
@@ -23,8 +23,8 @@ import utils
 from conftest import REPO_DIR, load_fixture, symlinked_models_dir
 from encoder import get_encoder
 
+browser = browser_page.browser  # the fixture
 ENV = dict(os.environ, GPT2_BASE_URL="http://127.0.0.1:9/gpt-2/models", PYTHONIOENCODING="utf-8")
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 @pytest.fixture(scope="module")
@@ -211,7 +211,7 @@ def test_a_report_of_a_full_context_stays_small_and_says_what_it_left_out(monkey
 
 @pytest.mark.parametrize("args, message", [
     (["--prompts_file", "p.txt", "--explain", "r.html"], "--explain goes with a single prompt"),
-    (["--score", "t.txt", "--explain", "r.html"], "--explain goes with a single prompt"),
+    (["--info", "--explain", "r.html"], "--explain goes with a single prompt or --score"),
     (["--score", "t.txt", "--timing"], "--timing goes with a single prompt"),
     (["hi", "--info"], "exactly one of"),
 ])
@@ -243,30 +243,10 @@ def test_timing_reports_load_prompt_pass_decode_and_bandwidth_on_stderr(models_d
 # ---------------------------------------------------------------- in a real browser
 
 
-@pytest.fixture(scope="module")
-def browser():
-    if CHROMIUM is None:
-        if os.environ.get("CI"):  # .ci/run installs it: in CI a missing browser is a failure, not a skip
-            pytest.fail("chromium is missing: .ci/run should have installed it")
-        pytest.skip("needs Debian's chromium (apt-get install chromium); .ci/run installs it")
-    playwright_api = pytest.importorskip("playwright.sync_api", reason="needs playwright (tests/requirements.txt)")
-    with playwright_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-            "--no-first-run", "--disable-sync"])
-        yield browser
-        browser.close()
-
-
 def test_the_report_opens_in_chromium_without_errors_or_requests_and_its_large_view_follows_the_choice(
         browser, report):
-    page = browser.new_page(viewport={"width": 1200, "height": 900})
-    errors, requests = [], []
-    page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
-    page.on("pageerror", lambda error: errors.append(str(error)))
-    page.on("request", lambda request: requests.append(request.url))
-    page.goto(report[0].as_uri())
-    page.wait_for_selector("body[data-ready='1']", timeout=20_000)
+    opened = browser_page.OpenedPage(browser, report[0])
+    page = opened.page
     big = lambda: page.eval_on_selector("#big", "canvas => canvas.toDataURL()")
     first = big()
     page.select_option("#layer", index=2)  # the third layer
@@ -277,5 +257,38 @@ def test_the_report_opens_in_chromium_without_errors_or_requests_and_its_large_v
     assert page.eval_on_selector("#big", "canvas => canvas.dataset.shown") == "0,1"
     assert page.locator("#grid canvas").count() == 3 * 4
     assert page.locator("#lens tr").count() == 1 + 3
-    assert errors == [] and requests == [report[0].as_uri()], (errors, requests)
+    assert page.locator("canvas.colour-scale").count() == 2, "the grid and the large view each have a scale"
+    assert min(page.locator("#grid canvas").evaluate_all("cs => cs.map(c => c.clientWidth)")) >= 40
+    opened.assert_quiet()
     page.close()
+
+
+def test_each_steps_row_shows_the_chosen_token_once_where_it_ranks_and_no_token_wraps(browser, report):
+    opened = browser_page.OpenedPage(browser, report[0])
+    page, data = opened.page, embedded_data(report[0])
+    rows = page.locator("#steps tr")
+    assert rows.count() == 1 + len(data["steps"])
+    for i, step in enumerate(data["steps"]):
+        cells = rows.nth(1 + i).locator("td")
+        chosen = [k for k, (token, _) in enumerate(step["top"]) if token == step["chosen"]]
+        assert cells.count() == 10 + (not chosen), "the top 10, and the chosen token only if it is not among them"
+        assert rows.nth(1 + i).locator("td.chosen").count() == 1
+        if chosen:
+            assert cells.nth(chosen[0]).get_attribute("class") == "chosen"
+    lines = page.locator("#steps .q, #lens td").evaluate_all("es => es.map(e => e.getClientRects().length)")
+    assert set(lines) == {1}, "a quoted token is one box: it never wraps"
+    opened.assert_quiet()
+    page.close()
+
+
+def test_the_report_fits_1280_pixels_with_nothing_overflowing(browser, models_dir, tmp_path):
+    """A long prompt and a long model card; wide tables scroll inside their own boxes."""
+    path = tmp_path / "wide.html"
+    prompt = "A long prompt with many words, quoted ones \"like these\" and longer ones, " * 3
+    result = run_cli(prompt, "--models_dir", models_dir, "--n_tokens_to_generate", 10, "--explain", path,
+                     "--ignore_eos")
+    assert result.returncode == 0, result.stderr.decode()
+    opened = browser_page.OpenedPage(browser, path, width=1280)
+    opened.assert_nothing_overflows(tmp_path / "report.png")
+    opened.assert_quiet()
+    opened.page.close()
