@@ -16,6 +16,7 @@ PAGE = """<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>GPT-2 playground</title>
+<link rel="icon" href="data:,">
 <style>
 body { font: 15px/1.5 system-ui, sans-serif; margin: 1.5em auto; max-width: 900px; padding: 0 1em; color: #222; }
 textarea { width: 100%; box-sizing: border-box; font: inherit; padding: .5em; }

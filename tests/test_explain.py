@@ -11,10 +11,10 @@ import subprocess
 import sys
 import zlib
 
-import browser_page
 import numpy as np
 import pytest
 
+import browser_page
 import explain
 import gpt2
 import model_card

@@ -7,10 +7,10 @@ import os
 import subprocess
 import sys
 
-import browser_page
 import numpy as np
 import pytest
 
+import browser_page
 import explain
 import explain_page
 import reference

@@ -9,10 +9,10 @@ import re
 import subprocess
 import sys
 
-import browser_page
 import numpy as np
 import pytest
 
+import browser_page
 import explain
 import gpt2
 import reference

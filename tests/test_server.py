@@ -6,11 +6,7 @@ process (greedy tokens, whose margins are >= 0.014: see tests/reference.py) and 
 (gpt2.token_logprobs, what --score --json prints), never from the server itself.
 """
 import json
-import os
 import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 import urllib.request
@@ -20,7 +16,8 @@ import pytest
 
 import gpt2
 import reference
-from conftest import REPO_DIR, load_fixture
+from api_server import ServerProcess
+from conftest import load_fixture
 from encoder import get_encoder
 from engine import Engine
 from settings import Settings
@@ -32,64 +29,9 @@ MODEL_DIR = reference.fixture_dir("tiny-b")
 MODEL = MODEL_DIR  # the served model's id is what --model named
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class ServerProcess:
-    def __init__(self, *options):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        command = [sys.executable, os.path.join(REPO_DIR, "gpt2.py"), "--serve", "--model", MODEL_DIR,
-                   "--port", str(self.port), *map(str, options)]
-        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(self.url + "/health", timeout=1):
-                    return
-            except OSError:
-                if self.process.poll() is not None:
-                    raise RuntimeError(self.process.stderr.read().decode()) from None
-                time.sleep(0.1)
-        raise RuntimeError("the server did not start within 60 s")
-
-    def stop(self):
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-    def client(self, key="none"):
-        return openai.OpenAI(base_url=self.url + "/v1", api_key=key, max_retries=0, timeout=60)
-
-    def post(self, path, body, headers=None):
-        """(status, headers, parsed JSON) of a raw POST; body may be bytes."""
-        data = body if isinstance(body, bytes) else json.dumps(body).encode()
-        request = urllib.request.Request(self.url + path, data=data, method="POST",
-                                         headers={"Content-Type": "application/json", **(headers or {})})
-        try:
-            with urllib.request.urlopen(request, timeout=60) as response:
-                return response.status, response.headers, json.loads(response.read())
-        except urllib.error.HTTPError as e:
-            return e.code, e.headers, json.loads(e.read())
-
-    def metric(self, name):
-        with urllib.request.urlopen(self.url + "/metrics", timeout=10) as response:
-            for line in response.read().decode().splitlines():
-                if line.startswith(name + " "):
-                    return float(line.split()[1])
-        raise KeyError(name)
-
-
 @pytest.fixture(scope="module")
 def server():
-    process = ServerProcess("--max_batch", 4)
+    process = ServerProcess(MODEL_DIR, "--max_batch", 4)
     yield process
     process.stop()
 
@@ -198,7 +140,7 @@ def test_a_prompt_and_max_tokens_beyond_the_context_is_a_400_naming_both_numbers
 
 
 def test_an_api_key_is_required_on_v1_and_the_tokenizer_but_not_on_health():
-    keyed = ServerProcess("--api_key", "sesame")
+    keyed = ServerProcess(MODEL_DIR, "--api_key", "sesame")
     try:
         with pytest.raises(openai.AuthenticationError):
             keyed.client("wrong").completions.create(model=MODEL, prompt="x", max_tokens=1)
@@ -212,7 +154,7 @@ def test_an_api_key_is_required_on_v1_and_the_tokenizer_but_not_on_health():
 
 
 def test_a_full_queue_is_a_429_with_retry_after():
-    small = ServerProcess("--max_queue", 2)
+    small = ServerProcess(MODEL_DIR, "--max_queue", 2)
     try:
         with pytest.raises(openai.RateLimitError):
             small.client().completions.create(model=MODEL, prompt="x", max_tokens=1, n=3)
@@ -308,7 +250,7 @@ def test_concurrent_clients_share_passes_and_each_gets_its_solo_output_and_leave
 
 
 def test_sigterm_stops_the_server_with_a_stream_in_flight_and_exit_status_0():
-    process = ServerProcess()
+    process = ServerProcess(MODEL_DIR, )
     stream = process.client().completions.create(model=MODEL, prompt="x", max_tokens=60, stream=True)
     next(iter(stream))
     started = time.monotonic()
