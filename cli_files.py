@@ -8,10 +8,11 @@ import sys
 import threading
 from typing import BinaryIO, Iterator, NamedTuple
 
+import regex  # unlike the standard `re`, it matches partially: see could_start_record_of
+
 from errors import GPT2Error
 
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
-RECORD_START = b'{"line": '  # every output record begins so: see completion_record
 
 
 def read_text(path: str) -> str:
@@ -63,7 +64,7 @@ def parse_json_prompt(line: str, path: str, number: int) -> Prompt:
 
 
 def completion_record(line: int, prompt: str, completion: str, tokens: list[int]) -> bytes:
-    """One line of JSON Lines output; RECORD_START relies on "line" coming first."""
+    """One line of JSON Lines output; could_start_record_of relies on the order of its fields."""
     record = {"line": line, "prompt": prompt, "completion": completion, "tokens": tokens}
     return (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
 
@@ -71,9 +72,10 @@ def completion_record(line: int, prompt: str, completion: str, tokens: list[int]
 def count_finished_records(path: str, prompts: list[Prompt]) -> int:
     """How many prompts an earlier run with the same prompts already wrote to `path` (0 if no file).
 
-    Each complete line must be the record of the prompt at that place, or we stop rather than mix
-    two runs' results. A last line without its newline is a record cut off by an interrupted run:
-    it is removed so the next record starts on a line of its own.
+    Each complete line must be, byte for byte, this run's record of the prompt at that place, or we
+    stop rather than mix two runs' results. A last line without its newline is a record cut off by
+    an interrupted run: it is removed so the next record starts on a line of its own, but only if it
+    is the start of the next prompt's record, since only bytes this tool wrote may ever be cut.
     """
     try:
         with open(path, "rb") as f:
@@ -85,21 +87,35 @@ def count_finished_records(path: str, prompts: list[Prompt]) -> int:
     complete, _, cut_off = data.rpartition(b"\n")
     lines = complete.split(b"\n") if complete or data.startswith(b"\n") else []
     for i, line in enumerate(lines):
-        try:
-            record = json.loads(line)
-        except ValueError:
-            record = None
-        if i >= len(prompts) or not isinstance(record, dict) or record.get("prompt") != prompts[i].text:
+        if i >= len(prompts) or not is_record_of(line + b"\n", prompts[i]):
             raise GPT2Error(
                 f"--output {path} line {i + 1} is not this run's record for prompt {i + 1}; "
                 "use another --output (or the same arguments as the run that wrote it)"
             )
     if cut_off:
-        if not cut_off.startswith(RECORD_START):
+        if len(lines) >= len(prompts) or not could_start_record_of(cut_off, prompts[len(lines)]):
             raise GPT2Error(f"--output {path} ends with a line this tool did not write; use another --output")
         with open(path, "r+b") as f:
             f.truncate(len(data) - len(cut_off))
     return len(lines)
+
+
+def is_record_of(line: bytes, prompt: Prompt) -> bool:
+    """Whether `line` is exactly what completion_record writes for this prompt."""
+    try:
+        record = json.loads(line)
+        return line == completion_record(prompt.line, prompt.text, record["completion"], record["tokens"])
+    except (ValueError, RecursionError, TypeError, KeyError):  # not JSON, too deep, not a record
+        return False
+
+
+def could_start_record_of(cut_off: bytes, prompt: Prompt) -> bool:
+    """Whether `cut_off` is the start of some record completion_record could write for this prompt:
+    its own "line" and "prompt", then any JSON string and token list (a partial regex match)."""
+    head = completion_record(prompt.line, prompt.text, "", [])[: -len(b'", "tokens": []}\n')]
+    string_rest = rb'(?:[^"\\\n]|\\["\\/bfnrt]|\\u[0-9a-f]{4})*"'  # JSON's escapes, as json.dumps writes them
+    tokens = rb', "tokens": \[(?:[0-9]+(?:, [0-9]+)*)?\]\}\n'
+    return regex.fullmatch(regex.escape(head) + string_rest + tokens, cut_off, partial=True) is not None
 
 
 @contextlib.contextmanager
