@@ -5,6 +5,7 @@ The runs are in-process, through cli.main, as in test_fuzz_cli.py; the model is 
 import errno
 import fcntl
 import io
+import json
 import os
 import subprocess
 import sys
@@ -12,6 +13,8 @@ import time
 import warnings
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import cli
 import cli_files
@@ -380,3 +383,97 @@ def test_a_value_float32_cannot_hold_is_an_error_or_gives_correct_output(option,
         warnings.simplefilter("error", RuntimeWarning)  # overflow, or 0 / 0: NaN probabilities
         status, stdout, stderr = run(argv, monkeypatch)
     assert status == 0 or (status == 2 and "out of range" in stderr and stderr.count("\n") == 1), stderr
+
+
+# ---------------------------------------------------------------- the same, generated (hypothesis)
+
+
+TARGETS = ["new", "empty", "foreign", "foreign torn", "own finished", "own torn", "folder", "fifo", "/dev/null",
+           "/dev/zero", "symlink", "dangling symlink", "missing folder", "read-only", "full"]
+TEXT = st.text(st.characters(codec="utf-8"), max_size=12)
+RECORDS = st.one_of(
+    st.builds(lambda p: {"prompt": p}, TEXT),
+    st.builds(lambda p, s: {"prompt": p, "stop": s}, TEXT, st.lists(TEXT, max_size=2)),
+    st.sampled_from([{"prompt": 3}, [], None, "x", {"text": "x"}, {"prompt": "x", "stop": "y"}]),
+).map(lambda record: json.dumps(record, ensure_ascii=False))
+LINES = st.one_of(RECORDS, RECORDS, st.sampled_from([r'{"prompt": "\ud800"}', r'{"prompt": "a\udc80b"}',
+                                                     "[" * 5000, '{"prompt": "' + "w " * 20_000 + '"}', "{", ""]))
+
+
+def write_target(kind, folder, finished):
+    """The --output path of the given kind, and what it held before (None: not a file of its own)."""
+    contents = {"empty": b"", "foreign": b'{"line": 1, "secret": "x"}\n', "foreign torn": b'{"line": 1, "secret"',
+                "own finished": finished, "own torn": finished[: len(finished) // 2]}
+    if kind in contents:
+        path = folder / "out.jsonl"
+        path.write_bytes(contents[kind])
+        return str(path), contents[kind]
+    if kind == "symlink":
+        (folder / "real.jsonl").write_bytes(finished)
+        (folder / "out.jsonl").symlink_to(folder / "real.jsonl")
+        return str(folder / "out.jsonl"), finished
+    if kind in ("new", "read-only", "full"):
+        return str(folder / "out.jsonl"), None
+    return make_target(kind, folder), None
+
+
+def snapshot(folder):
+    return {name: (folder / name).read_bytes() for name in os.listdir(folder) if (folder / name).is_file()}
+
+
+@st.composite
+def hostile_runs(draw):
+    return draw(st.sampled_from(TARGETS)), draw(st.lists(LINES, min_size=1, max_size=4)), draw(st.integers(0, 400))
+
+
+def check_hostile_run(case, models_dir, folder, finished_for, monkeypatch):
+    kind, lines, room = case
+    prompts = folder / "prompts.jsonl"
+    prompts.write_text("\n".join(lines) + "\n", encoding="utf-8", errors="surrogatepass")
+    output, before = write_target(kind, folder, finished_for(prompts))
+    untouched = {name: data for name, data in snapshot(folder).items() if name not in ("out.jsonl", "real.jsonl")}
+    argv = ["--models_dir", str(models_dir), "--prompts_file", str(prompts), "--output", output,
+            "--n_tokens_to_generate", "2"]
+    with monkeypatch.context() as patch:
+        if kind == "read-only":
+            patch.setattr(os, "open", lambda *a, **k: (_ for _ in ()).throw(OSError(errno.EROFS, "Read-only")))
+        if kind == "full":
+            patch.setattr(cli_files, "open", lambda *a, **k: FillsUp(open(*a, **k), room), raising=False)
+        status, _, stderr = run(argv, monkeypatch)
+    assert status == 0 or one_line_error(status, stderr), (kind, lines, stderr)
+    assert "Traceback" not in stderr
+    after = snapshot(folder)
+    assert {name: data for name, data in after.items() if name in untouched} == untouched
+    if before is not None:
+        written = after.get("real.jsonl", after.get("out.jsonl"))
+        kept = before[: before.rfind(b"\n") + 1] if kind == "own torn" else before
+        assert written.startswith(kept), (kind, before, written)
+        if kind.startswith("foreign"):
+            assert written == before
+
+
+@pytest.fixture
+def finished_for(models_dir, tmp_path_factory, monkeypatch):
+    """What a whole run writes for a prompts file, or b"" if it fails (e.g. refuses the file)."""
+    def finished(prompts):
+        output = tmp_path_factory.mktemp("finished") / "out.jsonl"
+        argv = ["--models_dir", str(models_dir), "--prompts_file", str(prompts), "--output", str(output),
+                "--n_tokens_to_generate", "2"]
+        return output.read_bytes() if run(argv, monkeypatch)[0] == 0 else b""
+
+    return finished
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=list(HealthCheck))
+@given(case=hostile_runs())
+def test_any_output_target_and_records_end_in_success_or_one_line(case, models_dir, tmp_path_factory, loaded_once,
+                                                                 finished_for, monkeypatch):
+    check_hostile_run(case, models_dir, tmp_path_factory.mktemp("hostile"), finished_for, monkeypatch)
+
+
+@pytest.mark.slow
+@settings(max_examples=600, deadline=None, suppress_health_check=list(HealthCheck))
+@given(case=hostile_runs())
+def test_any_output_target_and_records_longer(case, models_dir, tmp_path_factory, loaded_once, finished_for,
+                                              monkeypatch):
+    check_hostile_run(case, models_dir, tmp_path_factory.mktemp("hostile"), finished_for, monkeypatch)
