@@ -91,7 +91,7 @@ def check_prompts_fit(encoder: "Encoder", prompts: list[Prompt], n_ctx: int, pat
     for prompt in prompts:
         if len(prompt.text) > n_ctx * longest or lower_bound_of_tokens(encoder, prompt.text, longest, n_ctx) > n_ctx:
             where = "the prompt" if path is None else f"{path} line {prompt.line}: the prompt"
-            raise ContextError(f"{where} has more than {n_ctx} tokens, the model's context: shorten it "
+            raise ContextError(f"{where} has more tokens than the model's context of {n_ctx} tokens: shorten it "
                                "(it is never cut silently)")
 
 

@@ -349,7 +349,7 @@ def test_a_huge_prompt_is_refused_without_tokenizing_it(line, models_dir, tmp_pa
     monkeypatch.setattr(cli.Encoder, "encode", small_only)
     started = time.perf_counter()
     status, _, stderr = run(["--models_dir", str(models_dir), "--prompts_file", str(prompts)], monkeypatch)
-    assert one_line_error(status, stderr) and "more than 32 tokens" in stderr, stderr
+    assert one_line_error(status, stderr) and "context of 32 tokens" in stderr, stderr
     assert time.perf_counter() - started < 5
 
 
