@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, BinaryIO, Callable, Iterable, TextIO
 
 import numpy as np
 
+import cli_files
 import explain
 import explain_page
 import gpt2
@@ -142,6 +143,7 @@ def run_prompt(args: argparse.Namespace) -> None:
     started = time.perf_counter()
     encoder, hparams, params = load_model(args)
     load_seconds = time.perf_counter() - started
+    cli_files.check_prompts_fit(encoder, [Prompt(1, args.prompt, None)], hparams["n_ctx"], None)  # before tokenizing it
     inputs = encoder.encode(args.prompt) or [encoder.eot_token]  # empty prompt: start a new document
     gpt2.check_context(len(inputs), hparams["n_ctx"])
     engine = make_engine(args, encoder, hparams, params, max_rows=1)
@@ -187,22 +189,20 @@ def run_info(args: argparse.Namespace) -> None:
 
 def run_prompts_file(args: argparse.Namespace) -> None:
     prompts = read_prompts(args.prompts_file, args.settings)  # all of it is checked before the model loads
-    encoder, hparams, params = load_model(args)
-    encoded = [encoder.encode(prompt.text) or [encoder.eot_token] for prompt in prompts]
-    for prompt, tokens in zip(prompts, encoded):  # every prompt must fit before any work starts
-        try:
-            gpt2.check_context(len(tokens), hparams["n_ctx"])
-            prompt.settings.check_for_model(hparams["n_vocab"], hparams["n_ctx"])
-        except GPT2Error as e:
-            raise type(e)(f"{args.prompts_file} line {prompt.line}: {e}") from None
-    first = count_finished_records(args.output, prompts) if args.output else 0
-    engine = make_engine(args, encoder, hparams, params, max_rows=args.batch_size)
-    with progress_bar(total=len(prompts), initial=first, unit="prompt", desc="prompts") as bar:
-        if args.output:
-            with open(args.output, "ab") as out:
-                write_completions(args, engine, encoder, prompts, encoded, first, out, bar)
-        else:
-            write_completions(args, engine, encoder, prompts, encoded, first, sys.stdout.buffer, bar)
+    with cli_files.opened_output(args.output) as out:  # so is --output: refused, or locked for this run
+        encoder, hparams, params = load_model(args)
+        cli_files.check_prompts_fit(encoder, prompts, hparams["n_ctx"], args.prompts_file)  # before tokenizing them
+        encoded = [encoder.encode(prompt.text) or [encoder.eot_token] for prompt in prompts]
+        for prompt, tokens in zip(prompts, encoded):  # every prompt must fit before any work starts
+            try:
+                gpt2.check_context(len(tokens), hparams["n_ctx"])
+                prompt.settings.check_for_model(hparams["n_vocab"], hparams["n_ctx"])
+            except GPT2Error as e:
+                raise type(e)(f"{args.prompts_file} line {prompt.line}: {e}") from None
+        first = count_finished_records(args.output, prompts) if args.output else 0
+        engine = make_engine(args, encoder, hparams, params, max_rows=args.batch_size)
+        with progress_bar(total=len(prompts), initial=first, unit="prompt", desc="prompts") as bar:
+            write_completions(args, engine, encoder, prompts, encoded, first, out, bar)
 
 
 def write_completions(
@@ -318,6 +318,7 @@ def run(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     try:
+        cli_files.check_standard_streams(needs_stdout=args.output is None)
         if args.threads:
             from threadpoolctl import threadpool_limits  # only when asked: it costs start-up time
 
@@ -335,6 +336,9 @@ def main(argv: list[str] | None = None) -> None:
     except BrokenPipeError:  # e.g. piped into `head`: the reader has gone, nothing left to say
         sys.stderr.close()
         sys.exit(141)
+    except OSError as e:  # files name themselves in GPT2Errors: what is left is standard output, full or unusable
+        cli_files.silence_stdout()
+        sys.exit(f"gpt2.py: error: cannot write standard output: {e.strerror or e}")
 
 
 if __name__ == "__main__":

@@ -1,10 +1,9 @@
 """The command line's options: every option, its default and its help, and the checks that refuse
 a bad value or a bad combination with argparse's one-line error (exit status 2) before any work."""
 import argparse
-import math
 
 from download import MODEL_SIZES
-from settings import Settings, SettingsError
+from settings import LARGEST_FACTOR, MAX_TEMPERATURE, SMALLEST_FACTOR, Settings, SettingsError
 from stop_text import parse_escapes
 
 
@@ -27,24 +26,26 @@ def non_negative_int(text: str) -> int:
     return value
 
 
-def non_negative_float(text: str) -> float:
+def temperature(text: str) -> float:
     value = float(text)
-    if not value >= 0 or math.isinf(value):  # also rejects nan
-        raise ValueError(text)
+    if not (value == 0 or SMALLEST_FACTOR <= value <= MAX_TEMPERATURE):  # also rejects nan and inf (see settings.py)
+        raise argparse.ArgumentTypeError(
+            f"{text} is out of range: use 0 (greedy) or a value from {SMALLEST_FACTOR:g} to {MAX_TEMPERATURE}")
     return value
 
 
 def probability(text: str) -> float:
     value = float(text)
-    if not 0 < value <= 1:
-        raise ValueError(text)
+    if not 0 <= value <= 1:  # 0 keeps the most likely token only
+        raise argparse.ArgumentTypeError(f"{text} is out of range: use a value from 0 to 1")
     return value
 
 
 def penalty_factor(text: str) -> float:
     value = float(text)
-    if not (value > 0 and math.isfinite(value)):  # also rejects nan
-        raise ValueError(text)
+    if not SMALLEST_FACTOR <= value <= LARGEST_FACTOR:  # also rejects nan
+        raise argparse.ArgumentTypeError(
+            f"{text} is out of range: use a value from {SMALLEST_FACTOR:g} to {LARGEST_FACTOR:g} (1: off)")
     return value
 
 
@@ -58,11 +59,27 @@ def openai_penalty(text: str) -> float:
 def stop_text(text: str) -> str:
     try:
         value = parse_escapes(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
+    except ValueError as e:  # also chr()'s "arg not in range(0x110000)" for \U00110000
+        message = str(e) if "escape" in str(e) else f"{text} escapes a code point above U+10FFFF"
+        raise argparse.ArgumentTypeError(message) from None
     if not value:
         raise argparse.ArgumentTypeError("a stop text cannot be empty")
+    check_text(value, repr(text))
     return value
+
+
+def check_text(value: str, what: str) -> None:
+    """Refuse what is not text: a lone surrogate, from a \\ud800 escape or from bytes that are not
+    UTF-8 in a command-line argument (Python keeps each such byte as a surrogate, U+DC80..U+DCFF)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        if 0xDC80 <= ord(value[e.start]) <= 0xDCFF:
+            problem = f"the byte 0x{ord(value[e.start]) - 0xDC00:02x} is not UTF-8"
+            hint = "check your terminal's or shell's encoding (a UTF-8 locale)"
+        else:
+            problem, hint = f"{value[e.start]!r} is a lone surrogate", "write the character itself"
+        raise argparse.ArgumentTypeError(f"{what}: {problem}, at character {e.start + 1}; {hint}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -88,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--threads", type=positive_int, default=None,
         help="BLAS threads (default: as OMP_NUM_THREADS / OPENBLAS_NUM_THREADS, else all cores)")
     sampling = parser.add_argument_group("choosing tokens").add_argument
-    sampling("--temperature", type=non_negative_float, default=0.0, help="0: greedy; higher: more random")
+    sampling("--temperature", type=temperature, default=0.0, help="0: greedy; higher: more random")
     sampling("--top_k", type=non_negative_int, default=0, help="sample among the K most likely tokens (0: all)")
     sampling("--top_p", type=probability, default=1.0,
              help="sample among the most likely tokens holding this much probability (1: all)")
@@ -157,6 +174,11 @@ def settings_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.prompt is not None:
+        try:
+            check_text(args.prompt, "the prompt")
+        except argparse.ArgumentTypeError as e:
+            parser.error(str(e))
     modes = (args.prompt is not None) + (args.prompts_file is not None) + (args.score is not None) + args.info
     if modes + args.serve != 1:
         parser.error("give exactly one of: a prompt, --prompts_file PATH, --score PATH, --info, --serve")

@@ -10,7 +10,12 @@ from errors import GPT2Error
 
 MAX_LOGPROBS = 5  # OpenAI's completions API returns at most 5 alternatives per token
 MAX_LOGIT_BIAS = 100  # OpenAI's range for a logit bias: -100 to 100
-SMALLEST_TEMPERATURE = 1e-4  # below this, logits / T overflows float32 (|logit| ~ 1e3 * 1e4 is still finite)
+# The smallest and largest factors the sampler takes. Logits are float32: a temperature or repetition
+# penalty whose float32 is 0 or whose reciprocal overflows gives inf and then NaN probabilities. Within
+# these bounds a logit of up to 1e26 divided by both stays finite; beyond them nothing is gained: 1e-6
+# is as good as greedy, 1e6 as good as uniform.
+SMALLEST_FACTOR, LARGEST_FACTOR = 1e-6, 1e6
+MAX_TEMPERATURE = 2  # OpenAI's range: 0 to 2
 
 
 class SettingsError(GPT2Error, ValueError):
@@ -36,10 +41,10 @@ class Settings:
 
     def __post_init__(self) -> None:
         whole("max_tokens", self.max_tokens, 0)
-        number("temperature", self.temperature, 0, 2)
-        if 0 < self.temperature < SMALLEST_TEMPERATURE:
-            raise SettingsError(f"temperature: {self.temperature!r} is too small to compute in float32: use 0 "
-                                f"(greedy) or a value from {SMALLEST_TEMPERATURE} to 2")
+        number("temperature", self.temperature, 0, MAX_TEMPERATURE)
+        if 0 < self.temperature < SMALLEST_FACTOR:
+            raise SettingsError(f"temperature: {self.temperature!r} is out of range: use 0 (greedy) or a number "
+                                f"from {SMALLEST_FACTOR:g} to {MAX_TEMPERATURE}")
         number("top_p", self.top_p, 0, 1)
         whole("top_k", self.top_k, 0)
         stops = (self.stop,) if isinstance(self.stop, str) else self.stop
@@ -52,7 +57,7 @@ class Settings:
             whole("seed", self.seed, 0, 2**63 - 1)
         number("presence_penalty", self.presence_penalty, -2, 2)
         number("frequency_penalty", self.frequency_penalty, -2, 2)
-        number("repetition_penalty", self.repetition_penalty, 0.01, 100)
+        number("repetition_penalty", self.repetition_penalty, SMALLEST_FACTOR, LARGEST_FACTOR)
         object.__setattr__(self, "logit_bias", logit_bias_pairs(self.logit_bias))
         if self.logprobs is not None:
             whole("logprobs", self.logprobs, 0, MAX_LOGPROBS)
@@ -103,7 +108,7 @@ def whole(field: str, value: object, low: int, high: int | None = None) -> None:
 
 def number(field: str, value: object, low: float, high: float) -> None:
     if type(value) not in (int, float) or not (math.isfinite(value) and low <= value <= high):
-        raise SettingsError(f"{field}: {value!r} is out of range: use a number from {low} to {high}")
+        raise SettingsError(f"{field}: {value!r} is out of range: use a number from {low:g} to {high:g}")
 
 
 def check_encodable(field: str, text: str) -> None:

@@ -209,7 +209,7 @@ BAD_VALUES = {
     "seed": [-1, 1.5, "7", 2**64, float("inf")],
     "presence_penalty": [-2.5, 2.01, float("nan"), float("-inf"), "1"],
     "frequency_penalty": [3, -3, float("nan"), float("inf")],
-    "repetition_penalty": [0, -1, 1e-45, 1000, float("nan"), float("inf")],
+    "repetition_penalty": [0, -1, 1e-45, 1e7, float("nan"), float("inf")],
     "logit_bias": [{"x": 1}, {"5": 101}, {"5": float("nan")}, {"-1": 3}, [5], "5"],
     "logprobs": [-1, 6, 2.0, "3", float("nan")],
     "echo": [1, "yes", None],
