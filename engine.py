@@ -35,7 +35,7 @@ class Event:
     """What one step did for one request."""
     token: int | None  # the chosen token (None: the request ended without choosing one)
     text: str  # the text this token settled ("" while a character or a possible stop text is incomplete)
-    finish_reason: str | None = None  # set on the request's last event: "stop", "length" or "cancelled"
+    finish_reason: str | None = None  # set on the request's last event: "stop", "length", "cancelled" or "error"
     logprob: float | None = None  # log-probability of the token, if the request asked for logprobs
     top: list[tuple[int, float]] | None = None  # the most likely (token, logprob) pairs, if asked
     logits: np.ndarray | None = None  # the row the token was chosen from (after penalties): valid until the next step
@@ -181,7 +181,7 @@ class Engine:
         done = len(request.prompt) - len(request.pending)  # prompt tokens run before this chunk
         targets = request.prompt[done + 1 : done + n + 1]  # what each row predicts (the last row: a new token)
         rows = x[: len(targets)]
-        k = request.settings.logprobs
+        k = max(request.settings.logprobs, 1)  # the argmax is always among the alternatives
         for i in range(0, len(targets), LOGPROB_ROWS):
             logits = rows[i : i + LOGPROB_ROWS] @ self.head_t  # [rows, n_embd] -> [rows, n_vocab]
             logprobs = log_softmax(logits)
@@ -198,7 +198,7 @@ class Engine:
         logprob = top = None
         if request.settings.logprobs is not None:
             logprobs = log_softmax(logits[None])[0]
-            logprob, top = float(logprobs[token]), top_logprobs(logprobs, request.settings.logprobs)
+            logprob, top = float(logprobs[token]), top_logprobs(logprobs, max(request.settings.logprobs, 1))
         text = request.continuation.add(token, logprob, top)
         event = Event(token, text, request.continuation.finish_reason, logprob, top, logits)
         if not request.done:
@@ -212,6 +212,20 @@ class Engine:
                 if self.on_shift is not None:
                     self.on_shift(request)
         return event
+
+    def fail_all(self) -> list[tuple[Request, Event]]:
+        """End every request, running or waiting, with finish reason "error" (after a step failed)."""
+        failed = list(self.running)
+        while not self.waiting.empty():
+            failed.append(self.waiting.get())
+        self.running = []
+        events = []
+        for request in failed:
+            request.continuation.finish_reason, request.cache = "error", None
+            events.append((request, Event(None, "", "error")))
+            if request.on_event is not None:
+                request.on_event(request, events[-1][1])
+        return events
 
     # ---------------------------------------------------------------- running to the end
 

@@ -10,6 +10,7 @@ import asyncio
 import hmac
 import json
 import signal
+import sys
 import threading
 import time
 from types import FrameType
@@ -48,7 +49,12 @@ class EngineThread:
                 self.engine.wakeup.clear()
                 continue
             started = time.perf_counter()
-            events = self.engine.step()
+            try:
+                events = self.engine.step()
+            except Exception as e:  # noqa: BLE001 (the requests in flight get a 500; the server goes on)
+                print(f"gpt2.py: error: a step failed ({type(e).__name__}: {e}); its requests get an error",
+                      file=sys.stderr, flush=True)
+                events = self.engine.fail_all()
             self.metrics.step(time.perf_counter() - started, len(self.engine.running), self.engine.waiting.qsize(),
                               sum(event.token is not None for _, event in events))
 
@@ -240,6 +246,8 @@ def make_app(engine: Engine, encoder: Any, model_id: str, n_ctx: int, api_key: s
             await wait_for_rows(rows, request)
         finally:
             rows.cancel()  # a no-op for rows that are done; frees the rest if the client went away
+        if any(row.continuation.finish_reason == "error" for row in rows.rows):
+            raise ApiError(500, "the model failed on this request: see the server's log", kind="server_error")
         return JSONResponse(whole_response(rows, parsed, response_id))
 
     async def wait_for_rows(rows: Rows, request: Request) -> None:
@@ -307,6 +315,10 @@ def make_app(engine: Engine, encoder: Any, model_id: str, n_ctx: int, api_key: s
                 row, event = await rows.next_event()
                 if event.finish_reason == "cancelled":
                     continue
+                if event.finish_reason == "error":
+                    error = ApiError(500, "the model failed on this request: see the server's log", kind="server_error")
+                    yield f"data: {json.dumps(error.body())}\n\n"
+                    break
                 if settings.echo and row not in started:
                     yield echo_chunk(row)
                 started.add(row)

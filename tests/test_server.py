@@ -258,3 +258,28 @@ def test_sigterm_stops_the_server_with_a_stream_in_flight_and_exit_status_0():
     assert process.process.wait(timeout=15) == 0
     assert time.monotonic() - started < 10
     assert b"Traceback" not in process.process.stderr.read()
+
+
+def test_a_failed_step_is_a_500_for_its_requests_and_the_server_goes_on(model, capfd):
+    """In-process (FastAPI's TestClient), so that the engine's step can be made to fail once."""
+    from fastapi.testclient import TestClient
+
+    import server
+
+    hparams, params, encoder = model
+    engine = Engine(params, hparams["n_head"], encoder.eot_token, encoder.decode_bytes)
+    real_step, failures = engine.step, []
+
+    def step_that_fails_once():
+        if not failures:
+            failures.append(True)
+            raise MemoryError
+        return real_step()
+
+    engine.step = step_that_fails_once
+    with TestClient(server.make_app(engine, encoder, "m", hparams["n_ctx"])) as client:
+        failed = client.post("/v1/completions", json={"model": "m", "prompt": "x", "max_tokens": 3})
+        assert failed.status_code == 500 and failed.json()["error"]["type"] == "server_error"
+        assert "Traceback" not in failed.text
+        assert client.post("/v1/completions", json={"model": "m", "prompt": "x", "max_tokens": 3}).status_code == 200
+    assert "a step failed (MemoryError" in capfd.readouterr().err
