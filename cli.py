@@ -8,7 +8,7 @@ import math
 import os
 import sys
 import time
-from typing import TYPE_CHECKING, BinaryIO, Callable, Iterable, TextIO
+from typing import TYPE_CHECKING, BinaryIO, Iterable, TextIO
 
 import numpy as np
 
@@ -74,10 +74,13 @@ def load_model(args: argparse.Namespace) -> tuple[Encoder, dict, dict]:
     return encoder, hparams, params
 
 
-def make_engine(args: argparse.Namespace, encoder: Encoder, hparams: dict, params: dict, max_rows: int) -> Engine:
-    keep = args.context_keep or hparams["n_ctx"] // 2
-    return Engine(params, hparams["n_head"], encoder.eot_token, encoder.decode_bytes, max_rows=max_rows,
-                  on_shift=say_shift_once(hparams["n_ctx"], keep))
+def make_engine(encoder: Encoder, hparams: dict, params: dict, max_rows: int) -> Engine:
+    return Engine(params, hparams["n_head"], encoder.eot_token, encoder.decode_bytes, max_rows=max_rows)
+
+
+def run_engine(args: argparse.Namespace, engine: Engine) -> Iterable:
+    """The engine's events until it has no work left, saying once when a window is full."""
+    return say_once_when_full(engine.run(), engine.n_ctx, args.context_keep or engine.n_ctx // 2)
 
 
 def check_keep(args: argparse.Namespace, n_ctx: int) -> None:
@@ -87,17 +90,16 @@ def check_keep(args: argparse.Namespace, n_ctx: int) -> None:
                          f"of {n_ctx} tokens")
 
 
-def say_shift_once(n_ctx: int, keep: int) -> Callable:
-    """on_shift for the generators: one line on stderr the first time a window is full."""
-    said = []
-
-    def on_shift(*_: object) -> None:
-        if not said:
-            said.append(True)
+def say_once_when_full(events: Iterable, n_ctx: int, keep: int) -> Iterable:
+    """Pass the engine's events through; the first time a window is full, say so on stderr, once the
+    event that filled it has been handled (its text printed)."""
+    said = False
+    for request, event in events:
+        yield request, event
+        if event.shifted and not said:
+            said = True
             print(f"gpt2.py: the context window ({n_ctx} tokens) is full: going on from the last {keep} "
                   "tokens (--context_keep sets how many)", file=sys.stderr, flush=True)
-
-    return on_shift
 
 
 class Watch:
@@ -146,9 +148,9 @@ def run_prompt(args: argparse.Namespace) -> None:
     cli_files.check_prompts_fit(encoder, [Prompt(1, args.prompt, None)], hparams["n_ctx"], None)  # before tokenizing it
     inputs = encoder.encode(args.prompt) or [encoder.eot_token]  # empty prompt: start a new document
     gpt2.check_context(len(inputs), hparams["n_ctx"])
-    engine = make_engine(args, encoder, hparams, params, max_rows=1)
+    engine = make_engine(encoder, hparams, params, max_rows=1)
     engine.submit(inputs, args.settings)
-    watch = Watch(engine.run(), explain.TOP_K if args.explain else 0)
+    watch = Watch(run_engine(args, engine), explain.TOP_K if args.explain else 0)
     # on one terminal, text streamed between the --show_probs rows would break them: text after rows
     one_terminal = args.show_probs and sys.stdout.isatty() and sys.stderr.isatty()
     out = io.BytesIO() if one_terminal else sys.stdout.buffer
@@ -188,7 +190,8 @@ def run_info(args: argparse.Namespace) -> None:
 
 
 def run_prompts_file(args: argparse.Namespace) -> None:
-    prompts = read_prompts(args.prompts_file, args.settings)  # all of it is checked before the model loads
+    # --seed seeds each prompt by its place in the file (write_completions); a record's own seed is its own
+    prompts = read_prompts(args.prompts_file, args.settings.with_changes(seed=None))  # checked before the model loads
     with cli_files.opened_output(args.output) as out:  # so is --output: refused, or locked for this run
         encoder, hparams, params = load_model(args)
         cli_files.check_prompts_fit(encoder, prompts, hparams["n_ctx"], args.prompts_file)  # before tokenizing them
@@ -200,7 +203,7 @@ def run_prompts_file(args: argparse.Namespace) -> None:
             except GPT2Error as e:
                 raise type(e)(f"{args.prompts_file} line {prompt.line}: {e}") from None
         first = count_finished_records(args.output, prompts) if args.output else 0
-        engine = make_engine(args, encoder, hparams, params, max_rows=args.batch_size)
+        engine = make_engine(encoder, hparams, params, max_rows=args.batch_size)
         with progress_bar(total=len(prompts), initial=first, unit="prompt", desc="prompts") as bar:
             write_completions(args, engine, encoder, prompts, encoded, first, out, bar)
 
@@ -221,13 +224,14 @@ def write_completions(
         if row is not None:
             # each prompt draws from its own generator, so a sample does not depend on the batch size or
             # on which prompts run beside it; a record's own seed is its own, as for a single prompt
-            seed = prompts[row].settings.seed
-            seed = [args.seed, row] if seed is None and args.seed is not None else seed
+            seed = prompts[row].settings.seed  # the record's own
+            if seed is None and args.seed is not None:
+                seed = [args.seed, row]
             engine.submit(encoded[row], prompts[row].settings, seed, tag=row)
 
     for _ in range(args.batch_size):
         submit_next()
-    for request, event in engine.run():
+    for request, event in run_engine(args, engine):
         if event.finish_reason is None:
             continue
         row, continuation = request.tag, request.continuation
@@ -295,7 +299,7 @@ def run_serve(args: argparse.Namespace) -> None:
     except ImportError as e:
         raise GPT2Error(f"--serve needs {e.name}: pip install -r requirements-serve.txt") from None
     encoder, hparams, params = load_model(args)
-    engine = make_engine(args, encoder, hparams, params, max_rows=args.max_batch)
+    engine = make_engine(encoder, hparams, params, max_rows=args.max_batch)
     model_id = args.model or f"gpt2-{args.model_size}"
     app = server.make_app(engine, encoder, model_id, hparams["n_ctx"], args.api_key, args.max_queue, args.cors_origin)
     print(f"gpt2.py: serving {model_id} on http://{args.host}:{args.port} (Ctrl-C stops)", file=sys.stderr, flush=True)

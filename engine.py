@@ -74,11 +74,10 @@ class Request:
 
 class Engine:
     def __init__(self, params: dict, n_head: int, eot_token: int | None, decode_bytes: Callable[[list[int]], bytes],
-                 max_rows: int = 8, prefill_chunk: int = PREFILL_CHUNK,
-                 on_shift: Callable[[Request], None] | None = None):
+                 max_rows: int = 8, prefill_chunk: int = PREFILL_CHUNK):
         self.params, self.n_head, self.eot_token, self.decode_bytes = params, n_head, eot_token, decode_bytes
         self.n_ctx, self.n_vocab = params["wpe"].shape[0], params["wte"].shape[0]
-        self.max_rows, self.prefill_chunk, self.on_shift = max_rows, prefill_chunk, on_shift
+        self.max_rows, self.prefill_chunk = max_rows, prefill_chunk
         self.head_t = gpt2.head(**params).T  # [n_embd, n_vocab], a view
         self.waiting: queue.SimpleQueue[Request] = queue.SimpleQueue()  # submitted from any thread
         self.running: list[Request] = []
@@ -209,8 +208,6 @@ class Engine:
                 request.window = request.pending = request.window[-keep:]
                 request.cache.length = 0
                 event.shifted = True
-                if self.on_shift is not None:
-                    self.on_shift(request)
         return event
 
     def fail_all(self) -> list[tuple[Request, Event]]:

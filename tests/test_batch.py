@@ -256,3 +256,23 @@ def test_running_out_of_memory_is_a_one_line_error(models_dir, tmp_path):
                             capture_output=True, env=env, timeout=60)
     stderr = result.stderr.decode()
     assert result.returncode == 1 and stderr.count("\n") == 1 and "--batch_size" in stderr, stderr
+
+
+def test_with_a_seed_each_prompt_draws_by_its_place_in_the_file_and_a_records_own_seed_is_its_own(models_dir,
+                                                                                                   encoder, tmp_path):
+    """Line r (0-based among the prompts) samples as the engine does alone with seed [S, r]; a record's
+    "seed" is used as it is, like --seed for a single prompt. Top_k 10, as above."""
+    path = tmp_path / "prompts.jsonl"
+    path.write_text('{"prompt": "Same"}\n{"prompt": "Same"}\n{"prompt": "Same", "seed": 11}\n', encoding="utf-8")
+    result = run_cli("--prompts_file", path, "--n_tokens_to_generate", 8, "--models_dir", models_dir,
+                     "--temperature", "0.9", "--top_k", "10", "--seed", "4", "--ignore_eos")
+    got = [record["tokens"] for record in records(result.stdout)]
+    hparams, params = load_fixture("tiny-b")
+    expected = []
+    for seed in ([4, 0], [4, 1], 11):
+        engine = Engine(params, hparams["n_head"], None, encoder.decode_bytes, max_rows=1)
+        request = engine.submit(encoder.encode("Same"), Settings(max_tokens=8, temperature=0.9, top_k=10), seed)
+        for _ in engine.run():
+            pass
+        expected.append(request.continuation.tokens)
+    assert got == expected and got[0] != got[1]
