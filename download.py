@@ -194,6 +194,8 @@ def fetch_into_part(session: "requests.Session", url: str, part: str) -> dict:
         if response.status_code == 206 and resume:
             check_content_range(response, offset, facts["size"], part, url)  # else it starts over
         else:  # a first request, or the server ignored Range or If-Range: the whole file, from byte 0
+            if response.status_code == 206 and "Range" not in headers:
+                check_whole_file_range(response, url)
             offset, facts = 0, facts_of(response, url)
             write_facts(part, facts)  # before any byte of the body, so a later run can resume
         receive_body(response, part, offset, facts["size"], url)
@@ -245,6 +247,18 @@ def facts_of(response: "requests.Response", url: str) -> dict:
                         f"set {BASE_URL_ENV} / --base_url to another server")
     validator = response.headers.get("ETag") or response.headers.get("Last-Modified")
     return {"url": url, "size": int(length), "md5": response.headers.get("Content-MD5"), "validator": validator}
+
+
+def check_whole_file_range(response: "requests.Response", url: str) -> None:
+    """A 206 to a request for the whole file must still carry all of it: its Content-Length would
+    otherwise pass for the file's size, and half a file would be kept under the final name."""
+    content_range = response.headers.get("Content-Range", "")
+    match = re.fullmatch(r"bytes 0-(\d+)/(\d+)", content_range.strip())
+    if not match or int(match[1]) + 1 != int(match[2]):
+        response.close()
+        raise GPT2Error(f"cannot download {url}: the server answered a request for the whole file with part "
+                        f"of it (HTTP 206, Content-Range {content_range!r}); set {BASE_URL_ENV} / --base_url "
+                        "to another server")
 
 
 def check_content_range(response: "requests.Response", offset: int, size: int, part: str, url: str) -> None:

@@ -1,0 +1,49 @@
+"""Downloads (download.py) from a server on 127.0.0.1 that answers in hostile or broken ways.
+
+Each case must end in a one-line GPT2Error that says what to do next, or in the right files: never
+a file under its final name that is not the whole file, never a wait of hours, never a file that
+is not a regular one written through.
+"""
+import os
+
+import pytest
+
+import download
+from served_model import (
+    DATA,
+    SIZE,
+    failed_download,
+    fetch_model,
+    quick_and_isolated,
+    random_model_server,
+    served,
+    url_path,
+)
+
+
+@pytest.fixture
+def server(tmp_path):
+    with random_model_server(tmp_path) as server:
+        yield server
+
+
+@pytest.fixture
+def models_dir(tmp_path):
+    return tmp_path / "models"
+
+
+@pytest.fixture(autouse=True)
+def quick_retries_and_no_base_url_env(monkeypatch):
+    quick_and_isolated(monkeypatch)
+
+
+def kept_files(models_dir):
+    folder = models_dir / SIZE
+    return sorted(name for name in download.MODEL_FILES if (folder / name).exists())
+
+
+def test_a_plain_get_answered_with_part_of_the_file_keeps_nothing_under_the_final_name(server, models_dir):
+    server.partial_plain_get = True  # 206 with the first half, to a request that asked for the whole file
+    message = failed_download(server.url, models_dir)
+    assert "206" in message and f"{server.url}/{SIZE}/" in message
+    assert kept_files(models_dir) == []
