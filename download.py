@@ -31,6 +31,7 @@ from errors import GPT2Error
 # most runs find the files on disk, and importing them costs every start-up (README, "Speed").
 if TYPE_CHECKING:
     import requests
+    import urllib3
 
 MODEL_SIZES = ("124M", "355M", "774M", "1558M")
 MODEL_FILES = (
@@ -48,9 +49,18 @@ CHUNK_SIZE = 1 << 20  # read at most 1 MiB at a time
 TIMEOUT = (10, 60)  # seconds to connect, then to wait for each read, before a try counts as failed
 RETRIES = 4  # further tries of a request, or of a body cut off midway, within one run
 BACKOFF = 0.5  # seconds before the first retry, doubling after each
+MAX_RETRY_AFTER = 5.0  # seconds: a server asking (Retry-After) to wait longer than this is not waited for
 PROGRESS = 1 << 20  # a body cut off after this many new bytes renews the retries: a flaky line still gets there
 LOCK_FILE = ".download.lock"
 NETWORK_HINT = f"check your network or set {BASE_URL_ENV} / --base_url"
+
+
+class ServerAsksToWait(Exception):
+    """A 429 or 503 whose Retry-After is longer than MAX_RETRY_AFTER: raised from inside urllib3's retry."""
+
+    def __init__(self, status: int, seconds: float) -> None:
+        super().__init__(f"HTTP {status}, Retry-After {seconds:.0f} s")
+        self.status, self.seconds = status, seconds
 
 
 class Interrupted(Exception):
@@ -149,8 +159,23 @@ def new_session() -> "requests.Session":
     from requests.adapters import HTTPAdapter
     from urllib3.util.retry import Retry
 
+    class CappedRetry(Retry):
+        """urllib3 sleeps as long as Retry-After says (hours, silently): wait at most MAX_RETRY_AFTER,
+        saying so, and give up at once on a longer wait, to say when to try again."""
+
+        def sleep_for_retry(self, response: "urllib3.BaseHTTPResponse") -> bool:
+            seconds = self.get_retry_after(response)
+            if not seconds:
+                return False
+            if seconds > MAX_RETRY_AFTER:
+                raise ServerAsksToWait(response.status, seconds)
+            print(f"the server answered HTTP {response.status} and asks to wait {seconds:.0f} s: waiting ...",
+                  file=sys.stderr, flush=True)
+            time.sleep(seconds)
+            return True
+
     # a refused connection is retried less: it is more often a wrong --base_url than a passing fault
-    retry = Retry(total=RETRIES, connect=2, backoff_factor=BACKOFF, status_forcelist=(429, 500, 502, 503, 504),
+    retry = CappedRetry(total=RETRIES, connect=2, backoff_factor=BACKOFF, status_forcelist=(429, 500, 502, 503, 504),
                   allowed_methods=("GET",), raise_on_status=False)
     session = requests.Session()
     # requests asks for gzip by default, and a web server may then compress JSON and text on the way,
@@ -207,6 +232,10 @@ def open_response(session: "requests.Session", url: str, headers: dict) -> "requ
 
     try:
         response = session.get(url, headers=headers, stream=True, timeout=TIMEOUT)
+    except ServerAsksToWait as e:
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(time.time() + e.seconds))
+        raise GPT2Error(f"cannot download {url}: the server is busy (HTTP {e.status}) and asks to wait "
+                        f"{e.seconds:.0f} s; try again after {when}, or set {BASE_URL_ENV} / --base_url") from None
     except requests.exceptions.InvalidURL as e:
         raise GPT2Error(f"invalid URL {url} ({e}); set {BASE_URL_ENV} / --base_url to an http(s) URL") from None
     except (requests.exceptions.MissingSchema, requests.exceptions.InvalidSchema):

@@ -5,6 +5,7 @@ a file under its final name that is not the whole file, never a wait of hours, n
 is not a regular one written through.
 """
 import os
+import time
 
 import pytest
 
@@ -47,3 +48,25 @@ def test_a_plain_get_answered_with_part_of_the_file_keeps_nothing_under_the_fina
     message = failed_download(server.url, models_dir)
     assert "206" in message and f"{server.url}/{SIZE}/" in message
     assert kept_files(models_dir) == []
+
+
+@pytest.mark.parametrize("status", [429, 503])
+def test_a_retry_after_of_an_hour_gives_up_at_once_saying_when_to_try_again(server, models_dir, status):
+    path = url_path("checkpoint")
+    server.fail_with[path] = [status] * 10
+    server.extra_headers[path] = {"Retry-After": "3600"}
+    start = time.monotonic()
+    message = failed_download(server.url, models_dir)
+    assert time.monotonic() - start < 5  # urllib3 alone would sleep the hour, silently
+    assert f"HTTP {status}" in message and "3600 s" in message and "try again after" in message
+    assert kept_files(models_dir) == []
+
+
+def test_a_short_retry_after_is_waited_for_saying_so(server, models_dir, monkeypatch, capsys):
+    monkeypatch.setattr(download, "MAX_RETRY_AFTER", 1.0)
+    path = url_path("checkpoint")
+    server.fail_with[path] = [503]
+    server.extra_headers[path] = {"Retry-After": "1"}
+    fetch_model(server.url, models_dir)
+    assert "asks to wait 1 s: waiting" in capsys.readouterr().err
+    assert (models_dir / SIZE / "checkpoint").read_bytes() == served(server, "checkpoint")
