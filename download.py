@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 import re
+import stat
 import sys
 import time
 from typing import TYPE_CHECKING, Callable, Iterator
@@ -94,7 +95,26 @@ def download_model_files(model_size: str, models_dir: str, base_url: str | None 
 
 
 def missing_files(model_dir: str) -> list[str]:
+    """The model files not in model_dir yet; one that is there but not a regular file is refused, since
+    downloading would replace it (a FIFO, a device) or fail on it (a directory)."""
+    for name in MODEL_FILES:
+        check_regular_or_absent(os.path.join(model_dir, name), follow_symlinks=True)
     return [name for name in MODEL_FILES if not os.path.isfile(os.path.join(model_dir, name))]
+
+
+def check_regular_or_absent(path: str, follow_symlinks: bool = False) -> None:
+    """Every file the tool writes must be a regular file or not exist yet. A symlink is followed only
+    for a final name (a model folder of links is fine): a .part is written through, so it must be its own."""
+    try:
+        mode = (os.stat if follow_symlinks else os.lstat)(path).st_mode
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        raise GPT2Error(f"cannot look at {path}: {e.strerror}; fix it or choose another --models_dir") from None
+    if not stat.S_ISREG(mode):
+        kind = ("a directory" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode)
+                else "a symbolic link" if stat.S_ISLNK(mode) else "a device or socket")
+        raise GPT2Error(f"{path} is {kind}, not a regular file: move it away, or choose another --models_dir")
 
 
 def check_model_size(model_size: str) -> None:
@@ -138,6 +158,7 @@ def model_dir_lock(model_dir: str) -> Iterator[None]:
     """
     from filelock import FileLock, Timeout
 
+    check_regular_or_absent(os.path.join(model_dir, LOCK_FILE))
     lock = FileLock(os.path.join(model_dir, LOCK_FILE))
     try:
         lock.acquire(timeout=0)
@@ -189,6 +210,8 @@ def new_session() -> "requests.Session":
 def download_file(session: "requests.Session", url: str, path: str) -> None:
     """Download `url` to `path` through `path`.part (resuming it when it can), verify it, rename it."""
     part = path + ".part"
+    for written in (part, facts_path(part), facts_path(part) + ".tmp"):
+        check_regular_or_absent(written)
     failures = 0  # tries in a row that brought less than PROGRESS bytes
     while True:
         try:

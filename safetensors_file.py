@@ -9,10 +9,12 @@ a huge allocation.
 The `safetensors` package's NumPy loader copies every tensor into memory; this reader hands out
 read-only views of a memory map instead, so a float32 model loads without reading its weights.
 """
+import io
 import json
 import math
 import mmap
 import os
+import stat
 
 import numpy as np
 
@@ -32,7 +34,7 @@ class SafetensorsError(GPT2Error):
 def read_tensors(path: str) -> dict[str, tuple[str, np.ndarray]]:
     """{name: (safetensors dtype, read-only array)}: views of a memory map, BF16 as uint16 bits."""
     try:
-        with open(path, "rb") as f:
+        with open_regular_file(path) as f:
             size = os.fstat(f.fileno()).st_size
             if size < 8:
                 raise SafetensorsError(f"{path} is truncated: {size} bytes, less than its 8-byte header length")
@@ -45,6 +47,19 @@ def read_tensors(path: str) -> dict[str, tuple[str, np.ndarray]]:
         view = data[start + begin : start + end].view(DTYPES[dtype])
         tensors[name] = dtype, view.reshape(shape)
     return tensors
+
+
+def open_regular_file(path: str) -> "io.BufferedReader":
+    """Open `path` for reading, refusing anything but a regular file: opening a FIFO blocks until a
+    writer comes, so it is opened without blocking and checked before any read."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        kind = "a directory" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "a device or socket"
+        raise SafetensorsError(f"{path} is {kind}, not a regular file: put the model's file there")
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "rb")
 
 
 def parse_header(data: np.ndarray, path: str) -> tuple[dict[str, tuple], int]:

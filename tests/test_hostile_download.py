@@ -11,7 +11,6 @@ import pytest
 
 import download
 from served_model import (
-    DATA,
     SIZE,
     failed_download,
     fetch_model,
@@ -70,3 +69,27 @@ def test_a_short_retry_after_is_waited_for_saying_so(server, models_dir, monkeyp
     fetch_model(server.url, models_dir)
     assert "asks to wait 1 s: waiting" in capsys.readouterr().err
     assert (models_dir / SIZE / "checkpoint").read_bytes() == served(server, "checkpoint")
+
+
+TARGETS = [(name, kind) for name in ("hparams.json", "vocab.bpe.part", "vocab.bpe.part.json", ".download.lock")
+           for kind in ("fifo", "directory", "symlink")
+           if (name, kind) != ("hparams.json", "symlink")]  # a final name may link to the file: folders of links work
+
+
+@pytest.mark.parametrize("name, kind", TARGETS)
+def test_a_file_to_write_that_is_not_a_regular_file_is_refused_and_left_alone(server, models_dir, name, kind):
+    folder = models_dir / SIZE
+    folder.mkdir(parents=True)
+    target = folder / name
+    outside = models_dir / "someone-elses-file"
+    outside.write_bytes(b"keep me")
+    if kind == "fifo":
+        os.mkfifo(target)
+    elif kind == "directory":
+        target.mkdir()
+    else:
+        os.symlink(outside, target)
+    message = failed_download(server.url, models_dir)
+    assert f"{target} is a" in message and "not a regular file" in message
+    assert os.path.lexists(target) and (os.path.islink(target) or not os.path.isfile(target))
+    assert outside.read_bytes() == b"keep me"
