@@ -7,6 +7,7 @@ safetensors_file.py reads the tensors; encoder.py reads the tokenizer.
 """
 import json
 import os
+import re
 
 import numpy as np
 
@@ -20,6 +21,7 @@ UNSUPPORTED = {  # config field -> the value the model here computes (transforme
     "scale_attn_weights": True,
     "add_cross_attention": False,
 }
+LAYER_NAME = re.compile(r"(?:transformer\.)?h\.(\d+)\.")  # a tensor of layer N: h.N.attn.c_attn.weight, ...
 PICKLE_ADVICE = (
     "this tool does not load pytorch_model.bin, because unpickling it can run code stored in the file; "
     "convert it once with transformers: GPT2LMHeadModel.from_pretrained(DIR).save_pretrained(DIR) "
@@ -101,6 +103,7 @@ def load_params(model_dir: str, hparams: dict) -> dict:
     """picoGPT's params dict from model.safetensors, checked against config.json. float32 weights stay
     views of the memory map; float16 and bfloat16 ones are converted once (hparams["weights_dtype"] says)."""
     tensors, path = read_weights(model_dir)
+    check_layer_count(hparams["n_layer"], tensors, path)
     prefixed = any(name.startswith("transformer.") for name in tensors)
     arrays, dtypes = {}, set()
     for name, shape in tensor_shapes(hparams).items():
@@ -116,6 +119,15 @@ def load_params(model_dir: str, hparams: dict) -> dict:
         dtypes.add(dtype)
     hparams["weights_dtype"] = "/".join(sorted(dtypes))
     return nest_params(arrays, hparams)
+
+
+def check_layer_count(n_layer: int, tensors: dict, path: str) -> None:
+    """config.json's n_layer against the layers stored, before any list of n_layer things is built: a
+    claim of 10^7 layers is refused at once, and one of fewer layers than stored is not a smaller model."""
+    stored = {match[1] for name in tensors if (match := LAYER_NAME.match(name))}
+    if n_layer != len(stored):
+        raise GPT2Error(f"{os.path.join(os.path.dirname(path), 'config.json')}: n_layer is {n_layer}, but {path} "
+                        f"holds {len(stored)} layers: they do not belong together")
 
 
 def nest_params(arrays: dict[str, np.ndarray], hparams: dict) -> dict:

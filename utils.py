@@ -8,6 +8,7 @@ is hf_model.py's; both give the same (encoder, hparams, params).
 """
 import json
 import os
+import re
 
 import numpy as np
 
@@ -41,21 +42,22 @@ def load_model(model: str, verify: bool = False) -> tuple[Encoder, dict, dict]:
     Face's (config.json, model.safetensors, tokenizer files), or of a hub name such as
     'openai-community/gpt2' found in the local Hugging Face cache. Nothing is downloaded."""
     model_dir = model if os.path.isdir(model) else hf_model.find_in_hub_cache(model)
+    # the tensors before the tokenizer: a config that does not match them fails before that work
     if os.path.isfile(os.path.join(model_dir, "config.json")):
         hparams = hf_model.load_config(model_dir)
+        params = hf_model.load_params(model_dir, hparams)
         encoder = vocabulary_error_as_gpt2_error(get_hf_encoder, model_dir)
         check_vocabulary_fits(encoder, hparams, model_dir)
-        params = hf_model.load_params(model_dir, hparams)
     elif os.path.isfile(os.path.join(model_dir, "hparams.json")):
         missing = download.missing_files(model_dir)
         if missing:
             raise GPT2Error(f"{model_dir} lacks {', '.join(missing)} of OpenAI's release: copy them there, or "
                             "use --model_size and --models_dir to download them")
         folder = os.path.abspath(model_dir)
-        encoder = load_encoder(os.path.basename(folder), os.path.dirname(folder))
         hparams = load_hparams(model_dir)
-        check_vocabulary_fits(encoder, hparams, model_dir)
         params = load_params(model_dir, hparams, verify)
+        encoder = load_encoder(os.path.basename(folder), os.path.dirname(folder))
+        check_vocabulary_fits(encoder, hparams, model_dir)
     else:
         raise GPT2Error(f"{model_dir} holds no GPT-2: expected OpenAI's files (hparams.json, model.ckpt.*, ...) "
                         "or Hugging Face's (config.json, model.safetensors, tokenizer files)")
@@ -130,6 +132,8 @@ def map_checkpoint_tensors(model_dir: str, hparams: dict, verify: bool = False) 
     index_path = prefix + tf_checkpoint.INDEX_SUFFIX
     try:
         entries = tf_checkpoint.read_index(prefix)
+        check_layer_count(hparams["n_layer"], entries, r"model/h(\d+)/", os.path.join(model_dir, "hparams.json"),
+                          index_path)
         data = tf_checkpoint.map_data(prefix)
         tensors = {}
         for name, shape in checkpoint_shapes(hparams).items():
@@ -144,6 +148,16 @@ def map_checkpoint_tensors(model_dir: str, hparams: dict, verify: bool = False) 
         raise GPT2Error(f"{e}; {REDOWNLOAD}") from None
     integrity.verify_checkpoint(prefix, entries, data, force=verify)  # its errors say what to do
     return tensors
+
+
+def check_layer_count(n_layer: int, names: object, pattern: str, config_name: str, path: str) -> None:
+    """The layers the config claims must be the layers the checkpoint holds, compared before the list of
+    expected tensors is built: a claim of 10^7 layers would otherwise cost seconds and gigabytes, and
+    a claim of fewer layers would silently drop the checkpoint's last ones."""
+    stored = {int(match[1]) for name in names if (match := re.match(pattern, name))}
+    if n_layer != len(stored):
+        raise GPT2Error(f"{config_name}: n_layer is {n_layer}, but {path} holds {len(stored)} layers: "
+                        "they do not belong together")
 
 
 def params_from_tensors(tensors: dict[str, np.ndarray], n_layer: int) -> dict:

@@ -83,3 +83,29 @@ def test_a_fifo_in_place_of_the_remembered_check_is_not_waited_on(tmp_path):
     os.mkfifo(folder / ".verified.json")
     within(10, utils.load_model, str(folder))
     assert not os.path.isfile(folder / ".verified.json")  # left as it was, the check simply runs every time
+
+
+def rewrite_json(path, change):
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data))
+
+
+@pytest.mark.parametrize("name, config", [("tiny-a", "hparams.json"), ("hf-a", "config.json")])
+@pytest.mark.parametrize("n_layer", [10**7, 1])
+def test_a_config_claiming_other_layers_than_stored_is_refused_quickly_naming_the_field(tmp_path, name, config,
+                                                                                        n_layer):
+    import time
+    import tracemalloc
+
+    folder = copy_fixture(name, tmp_path)
+    rewrite_json(folder / config, lambda c: c.update(n_layer=n_layer))
+    start = time.monotonic()
+    message = one_line_error(folder)
+    seconds = time.monotonic() - start
+    tracemalloc.start()
+    one_line_error(folder)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert f"{config}: n_layer is {n_layer}, but" in message and "holds 2 layers" in message
+    assert seconds < 0.5 and peak < 50 << 20  # before: 21 s and 3 GB for 10^7 layers
