@@ -390,7 +390,7 @@ def read_facts(part: str) -> dict | None:
     try:
         with open(facts_path(part), encoding="utf-8") as f:
             facts = json.load(f)
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None
     if not isinstance(facts, dict) or not isinstance(facts.get("size"), int):
         return None

@@ -71,23 +71,26 @@ def parse_header(data: np.ndarray, path: str) -> tuple[dict[str, tuple], int]:
         header = json.loads(data[8 : 8 + n_header].tobytes())
     except ValueError:
         raise SafetensorsError(f"{path} is damaged: its header is not valid JSON") from None
+    except RecursionError:
+        raise SafetensorsError(f"{path} is damaged: its header's JSON is nested too deeply") from None
     if not isinstance(header, dict):
         raise SafetensorsError(f"{path} is damaged: its header is not a JSON object")
     header.pop("__metadata__", None)
     n_data = data.size - 8 - n_header
-    entries = {name: check_entry(name, entry, path) for name, entry in header.items()}
+    entries = {name: check_entry(name, entry, n_data, path) for name, entry in header.items()}
     check_layout(entries, n_data, path)
     return entries, 8 + n_header
 
 
-def check_entry(name: str, entry: object, path: str) -> tuple[str, tuple[int, ...], int, int]:
+def check_entry(name: str, entry: object, n_data: int, path: str) -> tuple[str, tuple[int, ...], int, int]:
     """(dtype, shape, begin, end) of one header entry, or a SafetensorsError naming the tensor."""
     if not isinstance(entry, dict):
         raise SafetensorsError(f"{path} is damaged: the entry of {name} is not a JSON object")
     dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
-    if dtype not in DTYPES:
+    if not isinstance(dtype, str) or dtype not in DTYPES:
         raise SafetensorsError(f"{path}: {name} has dtype {dtype!r}, which this reader does not know")
-    if not (isinstance(shape, list) and all(is_count(n) for n in shape)):
+    # a dimension larger than the file can only come with another of 0, and NumPy cannot make that shape
+    if not (isinstance(shape, list) and len(shape) <= 32 and all(is_count(n) and n <= n_data for n in shape)):
         raise SafetensorsError(f"{path} is damaged: {name} has shape {shape!r}")
     if not (isinstance(offsets, list) and len(offsets) == 2 and all(is_count(n) for n in offsets)):
         raise SafetensorsError(f"{path} is damaged: {name} has data_offsets {offsets!r}")

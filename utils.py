@@ -93,6 +93,8 @@ def load_hparams(model_dir: str) -> dict:
         raise GPT2Error(f"cannot read {path}: {e.strerror}; {REDOWNLOAD}") from None
     except ValueError as e:
         raise GPT2Error(f"{path} is not valid JSON ({e}); {REDOWNLOAD}") from None
+    except RecursionError:
+        raise GPT2Error(f"{path} is not hparams: its JSON is nested too deeply; {REDOWNLOAD}") from None
     if not isinstance(hparams, dict) or not all(is_positive_int(hparams.get(key)) for key in HPARAMS_KEYS):
         raise GPT2Error(f"{path} must give positive integers for {', '.join(HPARAMS_KEYS)}; {REDOWNLOAD}")
     if hparams["n_embd"] % hparams["n_head"]:
