@@ -261,7 +261,11 @@ def open_response(session: "requests.Session", url: str, headers: dict) -> "requ
                         f"{e.seconds:.0f} s; try again after {when}, or set {BASE_URL_ENV} / --base_url") from None
     except requests.exceptions.InvalidURL as e:
         raise GPT2Error(f"invalid URL {url} ({e}); set {BASE_URL_ENV} / --base_url to an http(s) URL") from None
-    except (requests.exceptions.MissingSchema, requests.exceptions.InvalidSchema):
+    except (requests.exceptions.MissingSchema, requests.exceptions.InvalidSchema) as e:
+        target = re.search(r"'([^']*)'", str(e))
+        if target and target[1] != url:  # the URL was fine: the server redirected it to file://, ftp://, ...
+            raise GPT2Error(f"cannot download {url}: the server redirected it to {target[1]}, which is not an "
+                            f"http(s) URL; set {BASE_URL_ENV} / --base_url to another server") from None
         raise GPT2Error(f"invalid URL {url}; set {BASE_URL_ENV} / --base_url to an http(s) URL") from None
     except requests.exceptions.RequestException as e:  # refused, DNS, timeout, redirect loop: after every retry
         raise GPT2Error(f"cannot download {url}: {describe(e)}; {NETWORK_HINT}") from None
@@ -293,9 +297,10 @@ def describe(error: Exception) -> str:
 
 def facts_of(response: "requests.Response", url: str) -> dict:
     """What a whole-file (200) response says of the file: its size, Content-MD5 and validator."""
-    length = response.headers.get("Content-Length", "")
+    length = response.headers.get("Content-Length", "").strip()
     if not length.isdigit():  # without it, a cut connection would look like a complete file
-        raise GPT2Error(f"cannot download {url}: the server sent no Content-Length; "
+        sent = f"an invalid Content-Length ({length!r})" if length else "no Content-Length"
+        raise GPT2Error(f"cannot download {url}: the server sent {sent}; "
                         f"set {BASE_URL_ENV} / --base_url to another server")
     validator = response.headers.get("ETag") or response.headers.get("Last-Modified")
     return {"url": url, "size": int(length), "md5": response.headers.get("Content-MD5"), "validator": validator}

@@ -93,3 +93,17 @@ def test_a_file_to_write_that_is_not_a_regular_file_is_refused_and_left_alone(se
     assert f"{target} is a" in message and "not a regular file" in message
     assert os.path.lexists(target) and (os.path.islink(target) or not os.path.isfile(target))
     assert outside.read_bytes() == b"keep me"
+
+
+def test_a_redirect_to_a_file_url_names_where_it_went_not_the_good_url_as_invalid(server, models_dir):
+    server.redirect[url_path("checkpoint")] = "file:///etc/passwd"
+    message = failed_download(server.url, models_dir)
+    assert "redirected it to file:///etc/passwd" in message and "invalid URL" not in message
+    assert kept_files(models_dir) == []
+
+
+@pytest.mark.parametrize("length", ["-5", "12abc"])
+def test_an_invalid_content_length_is_not_reported_as_missing(server, models_dir, length):
+    server.extra_headers[url_path("checkpoint")] = {"Content-Length": length}
+    message = failed_download(server.url, models_dir)
+    assert f"invalid Content-Length ('{length}')" in message and "no Content-Length" not in message
