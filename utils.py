@@ -9,10 +9,12 @@ is hf_model.py's; both give the same (encoder, hparams, params).
 import json
 import os
 import re
+from typing import Callable, TypeVar
 
 import numpy as np
 
 import download
+import encoder as encoder_module
 import hf_model
 import integrity
 import tf_checkpoint
@@ -21,6 +23,7 @@ from errors import GPT2Error
 
 CHECKPOINT_PREFIX = "model.ckpt"
 HPARAMS_KEYS = ("n_vocab", "n_ctx", "n_embd", "n_head", "n_layer")
+T = TypeVar("T")
 REDOWNLOAD = "delete it and run again to download it anew"  # what to do about a damaged model file
 
 
@@ -32,9 +35,13 @@ def load_encoder_hparams_and_params(
     Every tensor's CRC32C is checked on the first load of the files (see integrity.py); verify=True
     checks them again even if a pass is remembered."""
     model_dir = download.download_model_files(model_size, models_dir, base_url, check=check_new_download)
-    encoder = load_encoder(model_size, models_dir)
-    hparams = load_hparams(model_dir)
-    return encoder, hparams, load_params(model_dir, hparams, verify)
+
+    def load() -> tuple[Encoder, dict, dict]:
+        hparams = load_hparams(model_dir)
+        params = load_params(model_dir, hparams, verify)
+        return load_encoder(model_size, models_dir), hparams, params
+
+    return moving_damaged_files_aside(model_dir, load)
 
 
 def load_model(model: str, verify: bool = False) -> tuple[Encoder, dict, dict]:
@@ -181,7 +188,56 @@ def params_from_tensors(tensors: dict[str, np.ndarray], n_layer: int) -> dict:
 def check_new_download(model_dir: str) -> None:
     """Every tensor against its CRC32C right after a download (download.py runs it under its lock),
     unless only other files were fetched: a pass of these very checkpoint files is remembered."""
-    map_checkpoint_tensors(model_dir, load_hparams(model_dir))
+    moving_damaged_files_aside(model_dir, lambda: map_checkpoint_tensors(model_dir, load_hparams(model_dir)))
+
+
+def moving_damaged_files_aside(model_dir: str, load: Callable[[], T]) -> T:
+    """load(), but when it fails, every downloaded file that fails its own check is moved aside (renamed,
+    never deleted), so the next run downloads it anew. A web page sent with status 200 in place of the
+    files would otherwise stop every run at the first of them until the user deleted them all by hand."""
+    try:
+        return load()
+    except GPT2Error:
+        damaged = damaged_files(model_dir)
+        if not damaged:
+            raise
+    for name in damaged:
+        if os.path.isfile(os.path.join(model_dir, name)):  # else another run has moved it already
+            integrity.move_aside(os.path.join(model_dir, name))
+    raise GPT2Error(f"{model_dir}: {', '.join(damaged)} failed their checks, so are not what OpenAI's release "
+                    "holds (a web page sent in place of a file?); moved each to <name>.damaged, run again to "
+                    "download anew")
+
+
+def damaged_files(model_dir: str) -> list[str]:
+    """The model files that fail a check of their own: hparams.json, encoder.json, vocab.bpe and the
+    checkpoint index parse, and the data file is as long as the index says (when the index is sound)."""
+    prefix = os.path.join(model_dir, CHECKPOINT_PREFIX)
+    index = CHECKPOINT_PREFIX + tf_checkpoint.INDEX_SUFFIX
+
+    def read_vocabulary(name: str, parse: Callable[[str, str], object]) -> Callable[[], object]:
+        path = os.path.join(model_dir, name)
+        return lambda: parse(path, encoder_module.read_vocabulary_file(path))
+
+    checks = {"hparams.json": lambda: load_hparams(model_dir),
+              "encoder.json": read_vocabulary("encoder.json", encoder_module.parse_encoder_json),
+              "vocab.bpe": read_vocabulary("vocab.bpe", encoder_module.parse_vocab_bpe),
+              index: lambda: tf_checkpoint.read_index(prefix)}
+    damaged = [name for name, check in checks.items() if os.path.isfile(os.path.join(model_dir, name)) and fails(check)]
+    data = os.path.join(model_dir, CHECKPOINT_PREFIX + tf_checkpoint.DATA_SUFFIX)
+    if index not in damaged and os.path.isfile(data) and os.path.isfile(prefix + tf_checkpoint.INDEX_SUFFIX):
+        entries = tf_checkpoint.read_index(prefix).values()
+        if os.path.getsize(data) != max((entry.offset + entry.size for entry in entries), default=0):
+            damaged.append(os.path.basename(data))
+    return damaged
+
+
+def fails(check: Callable[[], object]) -> bool:
+    try:
+        check()
+    except (GPT2Error, VocabularyError):
+        return True
+    return False
 
 
 def load_params(model_dir: str, hparams: dict, verify: bool = False) -> dict:

@@ -107,3 +107,36 @@ def test_an_invalid_content_length_is_not_reported_as_missing(server, models_dir
     server.extra_headers[url_path("checkpoint")] = {"Content-Length": length}
     message = failed_download(server.url, models_dir)
     assert f"invalid Content-Length ('{length}')" in message and "no Content-Length" not in message
+
+
+def test_a_web_page_sent_in_place_of_every_file_is_moved_aside_and_fetched_anew(tmp_path, models_dir):
+    """A server that sends an HTML page with status 200 for each file: each rerun moves the files that
+    fail their checks aside and fetches them anew, so no one has to delete the 7 files by hand."""
+    import shutil
+
+    import reference
+    import utils
+    from errors import GPT2Error
+    from http_fixture_server import FixtureServer
+
+    served_dir = tmp_path / "served" / SIZE
+    shutil.copytree(reference.fixture_dir("tiny-a"), served_dir, ignore=shutil.ignore_patterns(".*"))
+    real = {name: (served_dir / name).read_bytes() for name in download.MODEL_FILES}
+    with FixtureServer(tmp_path / "served") as server:
+        for name in download.MODEL_FILES:
+            (served_dir / name).write_bytes(b"<html><body>Please log in to the Wi-Fi</body></html>")
+        messages = []
+        for _ in range(3):
+            try:
+                utils.load_encoder_hparams_and_params(SIZE, str(models_dir), server.url)
+                break
+            except GPT2Error as e:
+                messages.append(str(e))
+                assert "\n" not in str(e) and "run again to download" in str(e)
+            for name, data in real.items():  # the network is fixed after the first try
+                (served_dir / name).write_bytes(data)
+        else:
+            pytest.fail(f"still failing after 3 runs: {messages}")
+    assert "hparams.json, encoder.json, vocab.bpe, model.ckpt.index" in messages[0]
+    assert len(messages) <= 2  # the data file can only be checked once the index is sound
+    assert (models_dir / SIZE / "hparams.json.damaged").exists()  # renamed, never deleted
