@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 import re
+import stat
 import sys
 import time
 from typing import TYPE_CHECKING, Callable, Iterator
@@ -31,6 +32,7 @@ from errors import GPT2Error
 # most runs find the files on disk, and importing them costs every start-up (README, "Speed").
 if TYPE_CHECKING:
     import requests
+    import urllib3
 
 MODEL_SIZES = ("124M", "355M", "774M", "1558M")
 MODEL_FILES = (
@@ -48,9 +50,18 @@ CHUNK_SIZE = 1 << 20  # read at most 1 MiB at a time
 TIMEOUT = (10, 60)  # seconds to connect, then to wait for each read, before a try counts as failed
 RETRIES = 4  # further tries of a request, or of a body cut off midway, within one run
 BACKOFF = 0.5  # seconds before the first retry, doubling after each
+MAX_RETRY_AFTER = 5.0  # seconds: a server asking (Retry-After) to wait longer than this is not waited for
 PROGRESS = 1 << 20  # a body cut off after this many new bytes renews the retries: a flaky line still gets there
 LOCK_FILE = ".download.lock"
 NETWORK_HINT = f"check your network or set {BASE_URL_ENV} / --base_url"
+
+
+class ServerAsksToWait(Exception):
+    """A 429 or 503 whose Retry-After is longer than MAX_RETRY_AFTER: raised from inside urllib3's retry."""
+
+    def __init__(self, status: int, seconds: float) -> None:
+        super().__init__(f"HTTP {status}, Retry-After {seconds:.0f} s")
+        self.status, self.seconds = status, seconds
 
 
 class Interrupted(Exception):
@@ -84,7 +95,26 @@ def download_model_files(model_size: str, models_dir: str, base_url: str | None 
 
 
 def missing_files(model_dir: str) -> list[str]:
+    """The model files not in model_dir yet; one that is there but not a regular file is refused, since
+    downloading would replace it (a FIFO, a device) or fail on it (a directory)."""
+    for name in MODEL_FILES:
+        check_regular_or_absent(os.path.join(model_dir, name), follow_symlinks=True)
     return [name for name in MODEL_FILES if not os.path.isfile(os.path.join(model_dir, name))]
+
+
+def check_regular_or_absent(path: str, follow_symlinks: bool = False) -> None:
+    """Every file the tool writes must be a regular file or not exist yet. A symlink is followed only
+    for a final name (a model folder of links is fine): a .part is written through, so it must be its own."""
+    try:
+        mode = (os.stat if follow_symlinks else os.lstat)(path).st_mode
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        raise GPT2Error(f"cannot look at {path}: {e.strerror}; fix it or choose another --models_dir") from None
+    if not stat.S_ISREG(mode):
+        kind = ("a directory" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode)
+                else "a symbolic link" if stat.S_ISLNK(mode) else "a device or socket")
+        raise GPT2Error(f"{path} is {kind}, not a regular file: move it away, or choose another --models_dir")
 
 
 def check_model_size(model_size: str) -> None:
@@ -128,6 +158,7 @@ def model_dir_lock(model_dir: str) -> Iterator[None]:
     """
     from filelock import FileLock, Timeout
 
+    check_regular_or_absent(os.path.join(model_dir, LOCK_FILE))
     lock = FileLock(os.path.join(model_dir, LOCK_FILE))
     try:
         lock.acquire(timeout=0)
@@ -149,8 +180,23 @@ def new_session() -> "requests.Session":
     from requests.adapters import HTTPAdapter
     from urllib3.util.retry import Retry
 
+    class CappedRetry(Retry):
+        """urllib3 sleeps as long as Retry-After says (hours, silently): wait at most MAX_RETRY_AFTER,
+        saying so, and give up at once on a longer wait, to say when to try again."""
+
+        def sleep_for_retry(self, response: "urllib3.BaseHTTPResponse") -> bool:
+            seconds = self.get_retry_after(response)
+            if not seconds:
+                return False
+            if seconds > MAX_RETRY_AFTER:
+                raise ServerAsksToWait(response.status, seconds)
+            print(f"the server answered HTTP {response.status} and asks to wait {seconds:.0f} s: waiting ...",
+                  file=sys.stderr, flush=True)
+            time.sleep(seconds)
+            return True
+
     # a refused connection is retried less: it is more often a wrong --base_url than a passing fault
-    retry = Retry(total=RETRIES, connect=2, backoff_factor=BACKOFF, status_forcelist=(429, 500, 502, 503, 504),
+    retry = CappedRetry(total=RETRIES, connect=2, backoff_factor=BACKOFF, status_forcelist=(429, 500, 502, 503, 504),
                   allowed_methods=("GET",), raise_on_status=False)
     session = requests.Session()
     # requests asks for gzip by default, and a web server may then compress JSON and text on the way,
@@ -164,6 +210,8 @@ def new_session() -> "requests.Session":
 def download_file(session: "requests.Session", url: str, path: str) -> None:
     """Download `url` to `path` through `path`.part (resuming it when it can), verify it, rename it."""
     part = path + ".part"
+    for written in (part, facts_path(part), facts_path(part) + ".tmp"):
+        check_regular_or_absent(written)
     failures = 0  # tries in a row that brought less than PROGRESS bytes
     while True:
         try:
@@ -194,6 +242,8 @@ def fetch_into_part(session: "requests.Session", url: str, part: str) -> dict:
         if response.status_code == 206 and resume:
             check_content_range(response, offset, facts["size"], part, url)  # else it starts over
         else:  # a first request, or the server ignored Range or If-Range: the whole file, from byte 0
+            if response.status_code == 206 and "Range" not in headers:
+                check_whole_file_range(response, url)
             offset, facts = 0, facts_of(response, url)
             write_facts(part, facts)  # before any byte of the body, so a later run can resume
         receive_body(response, part, offset, facts["size"], url)
@@ -205,9 +255,17 @@ def open_response(session: "requests.Session", url: str, headers: dict) -> "requ
 
     try:
         response = session.get(url, headers=headers, stream=True, timeout=TIMEOUT)
+    except ServerAsksToWait as e:
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(time.time() + e.seconds))
+        raise GPT2Error(f"cannot download {url}: the server is busy (HTTP {e.status}) and asks to wait "
+                        f"{e.seconds:.0f} s; try again after {when}, or set {BASE_URL_ENV} / --base_url") from None
     except requests.exceptions.InvalidURL as e:
         raise GPT2Error(f"invalid URL {url} ({e}); set {BASE_URL_ENV} / --base_url to an http(s) URL") from None
-    except (requests.exceptions.MissingSchema, requests.exceptions.InvalidSchema):
+    except (requests.exceptions.MissingSchema, requests.exceptions.InvalidSchema) as e:
+        target = re.search(r"'([^']*)'", str(e))
+        if target and target[1] != url:  # the URL was fine: the server redirected it to file://, ftp://, ...
+            raise GPT2Error(f"cannot download {url}: the server redirected it to {target[1]}, which is not an "
+                            f"http(s) URL; set {BASE_URL_ENV} / --base_url to another server") from None
         raise GPT2Error(f"invalid URL {url}; set {BASE_URL_ENV} / --base_url to an http(s) URL") from None
     except requests.exceptions.RequestException as e:  # refused, DNS, timeout, redirect loop: after every retry
         raise GPT2Error(f"cannot download {url}: {describe(e)}; {NETWORK_HINT}") from None
@@ -239,12 +297,25 @@ def describe(error: Exception) -> str:
 
 def facts_of(response: "requests.Response", url: str) -> dict:
     """What a whole-file (200) response says of the file: its size, Content-MD5 and validator."""
-    length = response.headers.get("Content-Length", "")
+    length = response.headers.get("Content-Length", "").strip()
     if not length.isdigit():  # without it, a cut connection would look like a complete file
-        raise GPT2Error(f"cannot download {url}: the server sent no Content-Length; "
+        sent = f"an invalid Content-Length ({length!r})" if length else "no Content-Length"
+        raise GPT2Error(f"cannot download {url}: the server sent {sent}; "
                         f"set {BASE_URL_ENV} / --base_url to another server")
     validator = response.headers.get("ETag") or response.headers.get("Last-Modified")
     return {"url": url, "size": int(length), "md5": response.headers.get("Content-MD5"), "validator": validator}
+
+
+def check_whole_file_range(response: "requests.Response", url: str) -> None:
+    """A 206 to a request for the whole file must still carry all of it: its Content-Length would
+    otherwise pass for the file's size, and half a file would be kept under the final name."""
+    content_range = response.headers.get("Content-Range", "")
+    match = re.fullmatch(r"bytes 0-(\d+)/(\d+)", content_range.strip())
+    if not match or int(match[1]) + 1 != int(match[2]):
+        response.close()
+        raise GPT2Error(f"cannot download {url}: the server answered a request for the whole file with part "
+                        f"of it (HTTP 206, Content-Range {content_range!r}); set {BASE_URL_ENV} / --base_url "
+                        "to another server")
 
 
 def check_content_range(response: "requests.Response", offset: int, size: int, part: str, url: str) -> None:
@@ -324,7 +395,7 @@ def read_facts(part: str) -> dict | None:
     try:
         with open(facts_path(part), encoding="utf-8") as f:
             facts = json.load(f)
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None
     if not isinstance(facts, dict) or not isinstance(facts.get("size"), int):
         return None

@@ -67,11 +67,19 @@ def load_vocabulary_files(folder: str, vocab_name: str, merges_name: str, added:
 
 def get_hf_encoder(folder: str) -> "Encoder":
     """Load a Hugging Face GPT-2 tokenizer: tokenizer.json if there is one (as transformers prefers),
-    else vocab.json and merges.txt with the added tokens of added_tokens.json or tokenizer_config.json."""
+    else vocab.json and merges.txt with the added tokens of added_tokens.json or tokenizer_config.json.
+    Nothing downloads these files, so a damaged one is to be copied again, not downloaded."""
+    try:
+        return read_hf_tokenizer(folder)
+    except VocabularyError as e:
+        raise VocabularyError(e.problem, COPY_AGAIN if "download" in e.remedy else e.remedy) from None
+
+
+def read_hf_tokenizer(folder: str) -> "Encoder":
     if os.path.isfile(os.path.join(folder, "tokenizer.json")):
         return load_tokenizer_json(os.path.join(folder, "tokenizer.json"))
     if not all(os.path.isfile(os.path.join(folder, name)) for name in ("vocab.json", "merges.txt")):
-        raise VocabularyError(f"{folder} has no tokenizer: it needs tokenizer.json, or vocab.json and merges.txt")
+        raise VocabularyError(f"{folder} has no tokenizer", "it needs tokenizer.json, or vocab.json and merges.txt")
     return load_vocabulary_files(folder, "vocab.json", "merges.txt", read_added_tokens(folder))
 
 
@@ -82,16 +90,19 @@ def load_tokenizer_json(path: str) -> "Encoder":
         data = json.loads(read_vocabulary_file(path))
         model = data["model"]
         if model.get("type") != "BPE":
-            raise VocabularyError(f"{path} is a {model.get('type')} tokenizer, not GPT-2's byte-level BPE")
+            raise VocabularyError(f"{path} is a {model.get('type')!r} tokenizer", "GPT-2's is byte-level BPE")
         if (data.get("pre_tokenizer") or {}).get("add_prefix_space"):
-            raise VocabularyError(f"{path}: add_prefix_space is true; GPT-2's tokenizer adds no space")
+            raise VocabularyError(f"{path}: add_prefix_space is true", "GPT-2's tokenizer adds no space")
         merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
         added = {token["content"]: token["id"] for token in data.get("added_tokens") or []}
         encoder = model["vocab"]
+    except RecursionError:
+        raise corrupt_file(path, "its JSON is nested too deeply") from None
     except (ValueError, KeyError, TypeError, AttributeError):
         raise corrupt_file(path, "not a tokenizer.json of a BPE model") from None
     if not isinstance(encoder, dict) or END_OF_TEXT not in encoder:
         raise corrupt_file(path, f"no vocabulary with {END_OF_TEXT}")
+    check_ids(encoder, path, "model.vocab")
     if not all(len(merge) == 2 and all(isinstance(part, str) and part for part in merge) for merge in merges):
         raise corrupt_file(path, "a merge is not two symbol strings")
     check_added(added, path)
@@ -110,15 +121,24 @@ def read_added_tokens(folder: str) -> dict[str, int]:
             config = json.loads(read_vocabulary_file(path)) if os.path.isfile(path) else {}
             decoder = config.get("added_tokens_decoder") or {}
             added = {token["content"]: int(i) for i, token in decoder.items()}
-    except (ValueError, KeyError, TypeError, AttributeError):
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
         raise corrupt_file(path, "its added tokens are not {text: id}") from None
     check_added(added, path)
     return added
 
 
 def check_added(added: object, path: str) -> None:
-    if not (isinstance(added, dict) and all(isinstance(t, str) and t and type(i) is int for t, i in added.items())):
+    if not (isinstance(added, dict) and all(isinstance(t, str) and t for t in added)):
         raise corrupt_file(path, "its added tokens are not {text: id}")
+    check_ids(added, path, "added tokens")
+
+
+def check_ids(tokens: dict, path: str, field: str) -> None:
+    """Token ids index the embedding rows: a negative one would silently read a row from the end,
+    and a bool or a float is no id at all."""
+    bad = next((token for token, i in tokens.items() if not (type(i) is int and i >= 0)), None)
+    if bad is not None:
+        raise corrupt_file(path, f"{field}: the id of {bad!r} is {tokens[bad]!r}, not an integer >= 0")
 
 
 class Encoder:
@@ -263,7 +283,17 @@ class VocabularyError(Exception):
     """encoder.json or vocab.bpe is missing or damaged; the message says what to do.
 
     The tokenizer imports nothing of the project, so utils.py turns this into errors.GPT2Error.
+    `problem` and `remedy` are kept apart so that a loader of files nothing downloads (Hugging Face's)
+    can give its own remedy.
     """
+
+    def __init__(self, problem: str, remedy: str = "") -> None:
+        super().__init__(f"{problem}: {remedy}" if remedy else problem)
+        self.problem, self.remedy = problem, remedy
+
+
+DOWNLOAD_AGAIN = "delete it and run again to re-download"
+COPY_AGAIN = "copy or restore it from where the model came from (this tool does not download it)"
 
 
 def read_vocabulary_file(path: str) -> str:
@@ -271,12 +301,12 @@ def read_vocabulary_file(path: str) -> str:
         with open(path, encoding="utf-8") as f:
             return f.read()
     except FileNotFoundError:
-        raise VocabularyError(f"{path} is missing: run again to download it") from None
+        raise VocabularyError(f"{path} is missing", "run again to download it") from None
     except UnicodeDecodeError:
         raise corrupt_file(path, "not UTF-8 text") from None
     except OSError as e:
-        message = f"cannot read {path} ({e.strerror}): make it a readable file, or delete it and run again"
-        raise VocabularyError(message) from None
+        raise VocabularyError(f"cannot read {path} ({e.strerror})", "make it a readable file, or delete it "
+                              "and run again") from None
 
 
 def parse_encoder_json(path: str, text: str) -> dict[str, int]:
@@ -285,8 +315,11 @@ def parse_encoder_json(path: str, text: str) -> dict[str, int]:
         encoder = json.loads(text)
     except json.JSONDecodeError:
         raise corrupt_file(path, "not valid JSON") from None
-    if not isinstance(encoder, dict) or not all(type(i) is int for i in encoder.values()):
+    except RecursionError:
+        raise corrupt_file(path, "its JSON is nested too deeply") from None
+    if not isinstance(encoder, dict):
         raise corrupt_file(path, "not a JSON object of token ids")
+    check_ids(encoder, path, "the vocabulary")
     if END_OF_TEXT not in encoder:
         raise corrupt_file(path, f"no {END_OF_TEXT} token")
     return encoder
@@ -307,10 +340,9 @@ def check_consistent(encoder: dict[str, int], bpe_merges: list[tuple[str, str]],
     """Every byte and every merge result must have an id, or encoding would fail midway."""
     needed = [*bytes_to_unicode().values(), *(first + second for first, second in bpe_merges)]
     if not all(token in encoder for token in needed):
-        raise VocabularyError(
-            f"encoder.json and vocab.bpe in {folder} do not match: delete them and run again to re-download"
-        )
+        raise VocabularyError(f"the vocabulary and the merges in {folder} do not match",
+                              "delete them and run again to re-download")
 
 
 def corrupt_file(path: str, what: str) -> VocabularyError:
-    return VocabularyError(f"{path} is corrupt ({what}): delete it and run again to re-download")
+    return VocabularyError(f"{path} is corrupt ({what})", DOWNLOAD_AGAIN)

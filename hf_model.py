@@ -7,6 +7,7 @@ safetensors_file.py reads the tensors; encoder.py reads the tokenizer.
 """
 import json
 import os
+import re
 
 import numpy as np
 
@@ -20,6 +21,8 @@ UNSUPPORTED = {  # config field -> the value the model here computes (transforme
     "scale_attn_weights": True,
     "add_cross_attention": False,
 }
+LAYER_NAME = re.compile(r"(?:transformer\.)?h\.(\d+)\.")  # a tensor of layer N: h.N.attn.c_attn.weight, ...
+COPY_AGAIN = "copy the model's files there again from where they came from"
 PICKLE_ADVICE = (
     "this tool does not load pytorch_model.bin, because unpickling it can run code stored in the file; "
     "convert it once with transformers: GPT2LMHeadModel.from_pretrained(DIR).save_pretrained(DIR) "
@@ -36,7 +39,9 @@ def load_config(model_dir: str) -> dict:
     except OSError as e:
         raise GPT2Error(f"cannot read {path}: {e.strerror}") from None
     except ValueError as e:
-        raise GPT2Error(f"{path} is not valid JSON ({e})") from None
+        raise GPT2Error(f"{path} is not valid JSON ({e}); {COPY_AGAIN}") from None
+    except RecursionError:
+        raise GPT2Error(f"{path} is not a config: its JSON is nested too deeply; {COPY_AGAIN}") from None
     if not isinstance(config, dict) or config.get("model_type") != "gpt2":
         model_type = config.get("model_type") if isinstance(config, dict) else None
         raise GPT2Error(f"{path}: model_type is {model_type!r}, not 'gpt2': this tool runs GPT-2 models only")
@@ -55,7 +60,9 @@ def load_config(model_dir: str) -> dict:
     if not (type(n_inner) is int and n_inner > 0 and isinstance(eps, (int, float)) and 0 < eps < 1):
         raise GPT2Error(f"{path}: n_inner ({n_inner!r}) or layer_norm_epsilon ({eps!r}) is out of range")
     tied = config.get("tie_word_embeddings", True)
-    return {**hparams, "n_inner": n_inner, "layer_norm_epsilon": float(eps), "tied": bool(tied),
+    if type(tied) is not bool:  # bool("false") is True: a string would silently tie the embeddings
+        raise GPT2Error(f"{path}: tie_word_embeddings must be true or false, not {tied!r}")
+    return {**hparams, "n_inner": n_inner, "layer_norm_epsilon": float(eps), "tied": tied,
             "format": "huggingface"}
 
 
@@ -83,24 +90,42 @@ def read_weights(model_dir: str) -> tuple[dict[str, tuple[str, np.ndarray]], str
     if os.path.isfile(single):
         return safetensors_file.read_tensors(single), single
     if os.path.isfile(index):
-        try:
-            with open(index, encoding="utf-8") as f:
-                shards = sorted(set(json.load(f)["weight_map"].values()))
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
-            raise GPT2Error(f"{index} is not a readable safetensors index") from None
-        tensors = {}
-        for shard in shards:
-            tensors.update(safetensors_file.read_tensors(os.path.join(model_dir, os.path.basename(shard))))
-        return tensors, index
+        return read_shards(model_dir, index), index
     if os.path.isfile(os.path.join(model_dir, "pytorch_model.bin")):
         raise GPT2Error(f"{model_dir}: {PICKLE_ADVICE}")
     raise GPT2Error(f"{model_dir} has config.json but no model.safetensors")
+
+
+def read_shards(model_dir: str, index: str) -> dict[str, tuple[str, np.ndarray]]:
+    """All tensors of the shards that model.safetensors.index.json lists, each stored once and where
+    the index says: a tensor in two shards would otherwise be taken from whichever is read last."""
+    try:
+        with open(index, encoding="utf-8") as f:
+            weight_map = json.load(f)["weight_map"]
+    except OSError as e:
+        raise GPT2Error(f"cannot read {index}: {e.strerror}") from None
+    except (ValueError, RecursionError, KeyError, TypeError):
+        raise GPT2Error(f"{index} is not a safetensors index (JSON with a weight_map); {COPY_AGAIN}") from None
+    if not (isinstance(weight_map, dict) and all(isinstance(shard, str) and shard for shard in weight_map.values())):
+        raise GPT2Error(f"{index}: weight_map must map each tensor name to a shard's file name; {COPY_AGAIN}")
+    tensors, stored_in = {}, {}
+    for shard in sorted(set(weight_map.values())):
+        for name, tensor in safetensors_file.read_tensors(os.path.join(model_dir, os.path.basename(shard))).items():
+            if name in stored_in:
+                raise GPT2Error(f"{index}: tensor {name} is stored in both {stored_in[name]} and {shard}, "
+                                f"so which one the model holds is unclear; {COPY_AGAIN}")
+            if weight_map.get(name) != shard:
+                raise GPT2Error(f"{index}: weight_map puts {name} in {weight_map.get(name)}, but it is stored in "
+                                f"{shard}; {COPY_AGAIN}")
+            tensors[name], stored_in[name] = tensor, shard
+    return tensors
 
 
 def load_params(model_dir: str, hparams: dict) -> dict:
     """picoGPT's params dict from model.safetensors, checked against config.json. float32 weights stay
     views of the memory map; float16 and bfloat16 ones are converted once (hparams["weights_dtype"] says)."""
     tensors, path = read_weights(model_dir)
+    check_layer_count(hparams["n_layer"], tensors, path)
     prefixed = any(name.startswith("transformer.") for name in tensors)
     arrays, dtypes = {}, set()
     for name, shape in tensor_shapes(hparams).items():
@@ -116,6 +141,15 @@ def load_params(model_dir: str, hparams: dict) -> dict:
         dtypes.add(dtype)
     hparams["weights_dtype"] = "/".join(sorted(dtypes))
     return nest_params(arrays, hparams)
+
+
+def check_layer_count(n_layer: int, tensors: dict, path: str) -> None:
+    """config.json's n_layer against the layers stored, before any list of n_layer things is built: a
+    claim of 10^7 layers is refused at once, and one of fewer layers than stored is not a smaller model."""
+    stored = {match[1] for name in tensors if (match := LAYER_NAME.match(name))}
+    if n_layer != len(stored):
+        raise GPT2Error(f"{os.path.join(os.path.dirname(path), 'config.json')}: n_layer is {n_layer}, but {path} "
+                        f"holds {len(stored)} layers: they do not belong together")
 
 
 def nest_params(arrays: dict[str, np.ndarray], hparams: dict) -> dict:

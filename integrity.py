@@ -28,10 +28,13 @@ def file_versions(paths: list[str]) -> dict[str, list[int]]:
 
 
 def remembered(model_dir: str) -> dict | None:
+    path = os.path.join(model_dir, MARKER_FILE)
+    if not os.path.isfile(path):  # none yet, or a FIFO that open() would wait on forever: check again
+        return None
     try:
-        with open(os.path.join(model_dir, MARKER_FILE), encoding="utf-8") as f:
+        with open(path, encoding="utf-8") as f:
             return json.load(f)
-    except (OSError, ValueError):  # none yet, or unreadable: check again
+    except (OSError, ValueError, RecursionError):  # unreadable: check again
         return None
 
 
@@ -39,6 +42,8 @@ def remember(model_dir: str, versions: dict[str, list[int]]) -> None:
     """Write the marker atomically; a model directory we cannot write to is simply checked every time."""
     path = os.path.join(model_dir, MARKER_FILE)
     temporary = f"{path}.{os.getpid()}.tmp"
+    if os.path.lexists(path) and not os.path.isfile(path) or os.path.lexists(temporary):
+        return  # not ours to replace (a FIFO, a folder): the model is simply checked every time
     try:
         with open(temporary, "w", encoding="utf-8") as f:
             json.dump(versions, f)

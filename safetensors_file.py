@@ -9,10 +9,12 @@ a huge allocation.
 The `safetensors` package's NumPy loader copies every tensor into memory; this reader hands out
 read-only views of a memory map instead, so a float32 model loads without reading its weights.
 """
+import io
 import json
 import math
 import mmap
 import os
+import stat
 
 import numpy as np
 
@@ -32,7 +34,7 @@ class SafetensorsError(GPT2Error):
 def read_tensors(path: str) -> dict[str, tuple[str, np.ndarray]]:
     """{name: (safetensors dtype, read-only array)}: views of a memory map, BF16 as uint16 bits."""
     try:
-        with open(path, "rb") as f:
+        with open_regular_file(path) as f:
             size = os.fstat(f.fileno()).st_size
             if size < 8:
                 raise SafetensorsError(f"{path} is truncated: {size} bytes, less than its 8-byte header length")
@@ -47,6 +49,19 @@ def read_tensors(path: str) -> dict[str, tuple[str, np.ndarray]]:
     return tensors
 
 
+def open_regular_file(path: str) -> "io.BufferedReader":
+    """Open `path` for reading, refusing anything but a regular file: opening a FIFO blocks until a
+    writer comes, so it is opened without blocking and checked before any read."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        kind = "a directory" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "a device or socket"
+        raise SafetensorsError(f"{path} is {kind}, not a regular file: put the model's file there")
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "rb")
+
+
 def parse_header(data: np.ndarray, path: str) -> tuple[dict[str, tuple], int]:
     """({name: (dtype, shape, begin, end)}, where the data starts), every entry checked against the file."""
     n_header = int.from_bytes(data[:8].tobytes(), "little")
@@ -56,23 +71,26 @@ def parse_header(data: np.ndarray, path: str) -> tuple[dict[str, tuple], int]:
         header = json.loads(data[8 : 8 + n_header].tobytes())
     except ValueError:
         raise SafetensorsError(f"{path} is damaged: its header is not valid JSON") from None
+    except RecursionError:
+        raise SafetensorsError(f"{path} is damaged: its header's JSON is nested too deeply") from None
     if not isinstance(header, dict):
         raise SafetensorsError(f"{path} is damaged: its header is not a JSON object")
     header.pop("__metadata__", None)
     n_data = data.size - 8 - n_header
-    entries = {name: check_entry(name, entry, path) for name, entry in header.items()}
+    entries = {name: check_entry(name, entry, n_data, path) for name, entry in header.items()}
     check_layout(entries, n_data, path)
     return entries, 8 + n_header
 
 
-def check_entry(name: str, entry: object, path: str) -> tuple[str, tuple[int, ...], int, int]:
+def check_entry(name: str, entry: object, n_data: int, path: str) -> tuple[str, tuple[int, ...], int, int]:
     """(dtype, shape, begin, end) of one header entry, or a SafetensorsError naming the tensor."""
     if not isinstance(entry, dict):
         raise SafetensorsError(f"{path} is damaged: the entry of {name} is not a JSON object")
     dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
-    if dtype not in DTYPES:
+    if not isinstance(dtype, str) or dtype not in DTYPES:
         raise SafetensorsError(f"{path}: {name} has dtype {dtype!r}, which this reader does not know")
-    if not (isinstance(shape, list) and all(is_count(n) for n in shape)):
+    # a dimension larger than the file can only come with another of 0, and NumPy cannot make that shape
+    if not (isinstance(shape, list) and len(shape) <= 32 and all(is_count(n) and n <= n_data for n in shape)):
         raise SafetensorsError(f"{path} is damaged: {name} has shape {shape!r}")
     if not (isinstance(offsets, list) and len(offsets) == 2 and all(is_count(n) for n in offsets)):
         raise SafetensorsError(f"{path} is damaged: {name} has data_offsets {offsets!r}")

@@ -18,6 +18,9 @@ only, as Azure does). It records every request, and misbehaves on demand, per fi
     server.head_status = 405         answer every HEAD with this error status (403, 405, 501, ...)
     server.send_md5 = False          send no Content-MD5 at all
     server.chunk_delay = 0.05        sleep this long after each 16 KiB of a body, so a download stays in flight
+    server.partial_plain_get = True  answer a GET without Range with 206 and the first half of the file
+    server.extra_headers[path] = {...}  add (or replace) these headers on every response for path
+    server.redirect[path] = url      answer every GET of path with 302 to this URL
     server.gzip = "when asked"       gzip whole-file bodies (Content-Encoding: gzip) for clients accepting it,
                                      as a web server compressing JSON and text does; "always": even if not
 """
@@ -63,6 +66,9 @@ class FixtureServer:
         self.send_md5 = True
         self.chunk_delay = 0.0
         self.gzip = None
+        self.partial_plain_get = False
+        self.extra_headers = {}
+        self.redirect = {}
         self.lock = threading.Lock()  # handlers run in their own threads
         self._httpd = _Server(("127.0.0.1", 0), _Handler)
         self._httpd.fixture = self
@@ -150,6 +156,12 @@ class _Handler(BaseHTTPRequestHandler):
                           accept_encoding=self.headers.get("Accept-Encoding"))
         with fixture.lock:
             fixture.requests.append(request)
+        if self.path in fixture.redirect:
+            self.send_response(302)
+            self.send_header("Location", fixture.redirect[self.path])
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         if not send_body and fixture.head_status:
             self.send_error(fixture.head_status)
             return
@@ -161,7 +173,11 @@ class _Handler(BaseHTTPRequestHandler):
             failures = fixture.fail_with.get(self.path) if send_body else None
             failure = failures.pop(0) if failures else None
         if failure:
-            self.send_error(failure)
+            self.send_response(failure)
+            for name, value in fixture.extra_headers.get(self.path, {}).items():
+                self.send_header(name, value)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
             return
         etag = '"' + hashlib.md5(data).hexdigest() + '"'
         start = fixture.range_start(request.range, request.if_range, etag)
@@ -171,7 +187,11 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Length", "0")
             self.end_headers()
             return
-        if start is None:
+        if start is None and fixture.partial_plain_get:
+            self.send_response(206)
+            body = data[: len(data) // 2]
+            self.send_header("Content-Range", f"bytes 0-{len(body) - 1}/{len(data)}")
+        elif start is None:
             self.send_response(200)
             body = data
             if fixture.gzip == "always" or (fixture.gzip and "gzip" in (request.accept_encoding or "")):
@@ -187,8 +207,9 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_response(206)
             self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
             body = data[start:]
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("ETag", etag)
+        headers = {"Content-Length": str(len(body)), "ETag": etag, **fixture.extra_headers.get(self.path, {})}
+        for name, value in headers.items():
+            self.send_header(name, value)
         self.end_headers()
         if send_body:
             self._send_body(fixture, request, body)

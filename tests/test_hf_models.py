@@ -255,9 +255,10 @@ def test_pytorch_model_bin_is_refused_with_the_reason_and_how_to_convert(tmp_pat
 
 def test_a_tokenizer_with_ids_beyond_the_embeddings_is_refused(tmp_path):
     folder = copy_fixture("hf-b", tmp_path)
-    config = json.loads((folder / "config.json").read_text())
-    (folder / "config.json").write_text(json.dumps(dict(config, vocab_size=50257)))
-    assert "tokenizer has ids up to 50258" in one_line_gpt2_error(folder)
+    tokenizer = json.loads((folder / "tokenizer.json").read_text())
+    tokenizer["added_tokens"].append({"id": 50300, "content": "<|beyond|>"})  # the embeddings have 50259 rows
+    (folder / "tokenizer.json").write_text(json.dumps(tokenizer))
+    assert "tokenizer has ids up to 50300" in one_line_gpt2_error(folder)
 
 
 def test_a_directory_without_a_model_says_what_it_looked_for(tmp_path):
