@@ -57,18 +57,19 @@ def stream_continuation(encoder: Encoder, events: Iterable, show_probs: int, out
 def load_model(args: argparse.Namespace) -> tuple[Encoder, dict, dict]:
     """--model's directory or hub name, or else --model_size from --models_dir (downloaded if missing)."""
     if args.model is not None:
-        encoder, hparams, params = utils.load_model(args.model, args.verify)
+        encoder, hparams, params, info = utils.open_model(args.model, args.verify)
     else:
         models_dir = args.models_dir or "models"
         if args.models_dir is not None and not os.path.isdir(models_dir):  # a typo must not download elsewhere
             raise GPT2Error(f"--models_dir {models_dir} is not a directory: create it or check the path")
         encoder, hparams, params = utils.load_encoder_hparams_and_params(args.model_size, models_dir,
                                                                          args.base_url, args.verify)
-    if args.verify and hparams.get("format") == "huggingface":
+        info = utils.ModelInfo(os.path.join(models_dir, args.model_size), "openai")
+    if args.verify and info.format == "huggingface":
         print("gpt2.py: note: --verify checks the CRC32C checksums of OpenAI's checkpoints; a safetensors file "
               "holds none, so only its structure was checked", file=sys.stderr)
-    if hparams.get("weights_dtype", "F32") != "F32":
-        print(f"gpt2.py: note: {args.model} holds {hparams['weights_dtype']} weights, converted to float32 "
+    if info.converted:
+        print(f"gpt2.py: note: {args.model} holds {'/'.join(info.stored_dtypes)} weights, converted to float32 "
               "in memory", file=sys.stderr)
     check_keep(args, hparams["n_ctx"])  # the first moment n_ctx is known; the weights are only mapped yet
     return encoder, hparams, params

@@ -5,14 +5,17 @@ which it cannot), the tensors' names (with or without the `transformer.` prefix)
 they nest into picoGPT's params dict, and where the Hugging Face cache keeps downloaded models.
 safetensors_file.py reads the tensors; encoder.py reads the tokenizer.
 """
+import dataclasses
 import json
 import os
 import re
 
 import numpy as np
 
+import gpt2_tensors
 import safetensors_file
 from errors import GPT2Error
+from gpt2_tensors import ModelInfo
 
 UNSUPPORTED = {  # config field -> the value the model here computes (transformers' default)
     "activation_function": "gelu_new",
@@ -30,8 +33,9 @@ PICKLE_ADVICE = (
 )
 
 
-def load_config(model_dir: str) -> dict:
-    """config.json as hparams: n_vocab, n_ctx, n_embd, n_head, n_layer, n_inner, layer_norm_epsilon, tied."""
+def load_config(model_dir: str) -> tuple[dict, ModelInfo]:
+    """config.json as picoGPT's hparams (n_vocab, n_ctx, n_embd, n_head, n_layer) and what else it says
+    of the model (n_inner, layer_norm_epsilon, tie_word_embeddings)."""
     path = os.path.join(model_dir, "config.json")
     try:
         with open(path, encoding="utf-8") as f:
@@ -62,25 +66,9 @@ def load_config(model_dir: str) -> dict:
     tied = config.get("tie_word_embeddings", True)
     if type(tied) is not bool:  # bool("false") is True: a string would silently tie the embeddings
         raise GPT2Error(f"{path}: tie_word_embeddings must be true or false, not {tied!r}")
-    return {**hparams, "n_inner": n_inner, "layer_norm_epsilon": float(eps), "tied": tied,
-            "format": "huggingface"}
-
-
-def tensor_shapes(hparams: dict) -> dict[str, tuple[int, ...]]:
-    """The tensors of transformers' GPT2LMHeadModel (without the `transformer.` prefix) and their shapes."""
-    n_embd, n_inner = hparams["n_embd"], hparams["n_inner"]
-    shapes = {"wte.weight": (hparams["n_vocab"], n_embd), "wpe.weight": (hparams["n_ctx"], n_embd),
-              "ln_f.weight": (n_embd,), "ln_f.bias": (n_embd,)}
-    for i in range(hparams["n_layer"]):
-        for name, n_in, n_out in [("attn.c_attn", n_embd, 3 * n_embd), ("attn.c_proj", n_embd, n_embd),
-                                  ("mlp.c_fc", n_embd, n_inner), ("mlp.c_proj", n_inner, n_embd)]:
-            shapes[f"h.{i}.{name}.weight"] = (n_in, n_out)  # Conv1D keeps TensorFlow's [n_in, n_out]
-            shapes[f"h.{i}.{name}.bias"] = (n_out,)
-        for name in ("ln_1", "ln_2"):
-            shapes[f"h.{i}.{name}.weight"] = shapes[f"h.{i}.{name}.bias"] = (n_embd,)
-    if not hparams["tied"]:
-        shapes["lm_head.weight"] = (hparams["n_vocab"], n_embd)
-    return shapes
+    info = ModelInfo(model_dir, "huggingface", layer_norm_epsilon=float(eps),
+                     n_inner=None if n_inner == 4 * hparams["n_embd"] else n_inner, tied=tied)
+    return hparams, info
 
 
 def read_weights(model_dir: str) -> tuple[dict[str, tuple[str, np.ndarray]], str]:
@@ -121,15 +109,16 @@ def read_shards(model_dir: str, index: str) -> dict[str, tuple[str, np.ndarray]]
     return tensors
 
 
-def load_params(model_dir: str, hparams: dict) -> dict:
-    """picoGPT's params dict from model.safetensors, checked against config.json. float32 weights stay
-    views of the memory map; float16 and bfloat16 ones are converted once (hparams["weights_dtype"] says)."""
+def load_params(model_dir: str, hparams: dict, info: ModelInfo) -> tuple[dict, ModelInfo]:
+    """picoGPT's params dict from model.safetensors, checked against config.json, and the info with the
+    dtypes found. float32 weights stay views of the memory map; float16 and bfloat16 ones are converted once."""
     tensors, path = read_weights(model_dir)
     check_layer_count(hparams["n_layer"], tensors, path)
     prefixed = any(name.startswith("transformer.") for name in tensors)
     arrays, dtypes = {}, set()
-    for name, shape in tensor_shapes(hparams).items():
-        stored = f"transformer.{name}" if prefixed and not name.startswith("lm_head") else name
+    for key, shape in gpt2_tensors.tensor_table(hparams, info.n_inner, info.tied).items():
+        name = gpt2_tensors.huggingface_name(key)
+        stored = f"transformer.{name}" if prefixed and key[0] != "lm_head" else name
         if stored not in tensors:
             raise GPT2Error(f"{path} has no tensor {stored}: it does not match config.json")
         dtype, array = tensors[stored]
@@ -137,10 +126,10 @@ def load_params(model_dir: str, hparams: dict) -> dict:
             raise GPT2Error(f"{path}: {stored} has shape {list(array.shape)}, but config.json needs {list(shape)}")
         if dtype not in ("F32", "F16", "BF16", "F64"):
             raise GPT2Error(f"{path}: {stored} is {dtype}, not a floating-point tensor")
-        arrays[name] = safetensors_file.to_float32(dtype, array)
+        arrays[key] = safetensors_file.to_float32(dtype, array)
         dtypes.add(dtype)
-    hparams["weights_dtype"] = "/".join(sorted(dtypes))
-    return nest_params(arrays, hparams)
+    params = gpt2_tensors.nest(arrays, hparams["n_layer"], info.layer_norm_epsilon)
+    return params, dataclasses.replace(info, stored_dtypes=tuple(sorted(dtypes)))
 
 
 def check_layer_count(n_layer: int, tensors: dict, path: str) -> None:
@@ -150,26 +139,6 @@ def check_layer_count(n_layer: int, tensors: dict, path: str) -> None:
     if n_layer != len(stored):
         raise GPT2Error(f"{os.path.join(os.path.dirname(path), 'config.json')}: n_layer is {n_layer}, but {path} "
                         f"holds {len(stored)} layers: they do not belong together")
-
-
-def nest_params(arrays: dict[str, np.ndarray], hparams: dict) -> dict:
-    """{'h.0.attn.c_attn.weight': ...} -> {"blocks": [{"attn": {"c_attn": {"w": ..., "b": ...}}}], ...};
-    layer norms carry their epsilon, so gpt2.layer_norm(x, **ln_1) uses the model's own."""
-    eps = hparams["layer_norm_epsilon"]
-
-    def linear(prefix: str) -> dict:
-        return {"w": arrays[prefix + ".weight"], "b": arrays[prefix + ".bias"]}
-
-    def norm(prefix: str) -> dict:
-        return {"g": arrays[prefix + ".weight"], "b": arrays[prefix + ".bias"], "eps": eps}
-
-    blocks = [{"attn": {"c_attn": linear(f"h.{i}.attn.c_attn"), "c_proj": linear(f"h.{i}.attn.c_proj")},
-               "mlp": {"c_fc": linear(f"h.{i}.mlp.c_fc"), "c_proj": linear(f"h.{i}.mlp.c_proj")},
-               "ln_1": norm(f"h.{i}.ln_1"), "ln_2": norm(f"h.{i}.ln_2")} for i in range(hparams["n_layer"])]
-    params = {"wte": arrays["wte.weight"], "wpe": arrays["wpe.weight"], "blocks": blocks, "ln_f": norm("ln_f")}
-    if "lm_head.weight" in arrays:
-        params["lm_head"] = arrays["lm_head.weight"]
-    return params
 
 
 # ---------------------------------------------------------------- the Hugging Face cache

@@ -9,17 +9,19 @@ is hf_model.py's; both give the same (encoder, hparams, params).
 import json
 import os
 import re
-from typing import Callable, TypeVar
+from typing import Callable, NamedTuple, TypeVar
 
 import numpy as np
 
 import download
 import encoder as encoder_module
+import gpt2_tensors
 import hf_model
 import integrity
 import tf_checkpoint
 from encoder import Encoder, VocabularyError, get_encoder, get_hf_encoder
 from errors import GPT2Error
+from gpt2_tensors import ModelInfo
 
 CHECKPOINT_PREFIX = "model.ckpt"
 HPARAMS_KEYS = ("n_vocab", "n_ctx", "n_embd", "n_head", "n_layer")
@@ -44,17 +46,28 @@ def load_encoder_hparams_and_params(
     return moving_damaged_files_aside(model_dir, load)
 
 
+class Model(NamedTuple):
+    encoder: Encoder
+    hparams: dict  # picoGPT's: n_vocab, n_ctx, n_embd, n_head, n_layer
+    params: dict
+    info: ModelInfo  # its format, the dtypes it was stored in, its layer norms' epsilon
+
+
 def load_model(model: str, verify: bool = False) -> tuple[Encoder, dict, dict]:
-    """(encoder, hparams, params) of a GPT-2 directory in OpenAI's format (the 7 files) or Hugging
-    Face's (config.json, model.safetensors, tokenizer files), or of a hub name such as
-    'openai-community/gpt2' found in the local Hugging Face cache. Nothing is downloaded."""
+    """(encoder, hparams, params) of a GPT-2 directory or hub name: open_model without the info."""
+    return open_model(model, verify)[:3]
+
+
+def open_model(model: str, verify: bool = False) -> Model:
+    """A GPT-2 directory in OpenAI's format (the 7 files) or Hugging Face's (config.json,
+    model.safetensors, tokenizer files), or a hub name such as 'openai-community/gpt2' found in the
+    local Hugging Face cache. Nothing is downloaded."""
     model_dir = model if os.path.isdir(model) else hf_model.find_in_hub_cache(model)
     # the tensors before the tokenizer: a config that does not match them fails before that work
     if os.path.isfile(os.path.join(model_dir, "config.json")):
-        hparams = hf_model.load_config(model_dir)
-        params = hf_model.load_params(model_dir, hparams)
+        hparams, info = hf_model.load_config(model_dir)
+        params, info = hf_model.load_params(model_dir, hparams, info)
         encoder = vocabulary_error_as_gpt2_error(get_hf_encoder, model_dir)
-        check_vocabulary_fits(encoder, hparams, model_dir)
     elif os.path.isfile(os.path.join(model_dir, "hparams.json")):
         missing = download.missing_files(model_dir)
         if missing:
@@ -63,12 +76,12 @@ def load_model(model: str, verify: bool = False) -> tuple[Encoder, dict, dict]:
         folder = os.path.abspath(model_dir)
         hparams = load_hparams(model_dir)
         params = load_params(model_dir, hparams, verify)
-        encoder = load_encoder(os.path.basename(folder), os.path.dirname(folder))
-        check_vocabulary_fits(encoder, hparams, model_dir)
+        encoder, info = load_encoder(os.path.basename(folder), os.path.dirname(folder)), ModelInfo(model_dir, "openai")
     else:
         raise GPT2Error(f"{model_dir} holds no GPT-2: expected OpenAI's files (hparams.json, model.ckpt.*, ...) "
                         "or Hugging Face's (config.json, model.safetensors, tokenizer files)")
-    return encoder, hparams, params
+    check_vocabulary_fits(encoder, hparams, model_dir)
+    return Model(encoder, hparams, params, info)
 
 
 def check_vocabulary_fits(encoder: Encoder, hparams: dict, model_dir: str) -> None:
@@ -114,24 +127,9 @@ def is_positive_int(value: object) -> bool:
 
 
 def checkpoint_shapes(hparams: dict) -> dict[str, tuple[int, ...]]:
-    """The variables of openai/gpt-2's model.py and their shapes, from hparams.json."""
-    n_vocab, n_ctx, n_embd = hparams["n_vocab"], hparams["n_ctx"], hparams["n_embd"]
-    shapes = {"model/wte": (n_vocab, n_embd), "model/wpe": (n_ctx, n_embd)}
-    for i in range(hparams["n_layer"]):
-        prefix = f"model/h{i}/"
-        for name, n_in, n_out in [
-            ("attn/c_attn", n_embd, 3 * n_embd),
-            ("attn/c_proj", n_embd, n_embd),
-            ("mlp/c_fc", n_embd, 4 * n_embd),
-            ("mlp/c_proj", 4 * n_embd, n_embd),
-        ]:
-            shapes[prefix + name + "/w"] = (1, n_in, n_out)  # conv1d weights keep a leading 1
-            shapes[prefix + name + "/b"] = (n_out,)
-        for name in ("ln_1", "ln_2"):
-            shapes[prefix + name + "/g"] = (n_embd,)
-            shapes[prefix + name + "/b"] = (n_embd,)
-    shapes["model/ln_f/g"] = shapes["model/ln_f/b"] = (n_embd,)
-    return shapes
+    """The variables of openai/gpt-2's model.py and their shapes, from hparams.json (gpt2_tensors' table)."""
+    return {gpt2_tensors.openai_name(path): gpt2_tensors.openai_shape(path, shape)
+            for path, shape in gpt2_tensors.tensor_table(hparams).items()}
 
 
 def map_checkpoint_tensors(model_dir: str, hparams: dict, verify: bool = False) -> dict[str, np.ndarray]:
@@ -169,20 +167,11 @@ def check_layer_count(n_layer: int, names: object, pattern: str, config_name: st
                         "they do not belong together")
 
 
-def params_from_tensors(tensors: dict[str, np.ndarray], n_layer: int) -> dict:
-    """Nest the flat checkpoint names into picoGPT's params dict; conv1d weights lose their leading 1."""
-    params = {"blocks": [{} for _ in range(n_layer)]}
-    for name, array in tensors.items():
-        parts = name.split("/")[1:]  # drop the "model/" scope
-        if parts[-1] == "w":
-            array = array[0]  # [1, n_in, n_out] -> [n_in, n_out]
-        node = params
-        if parts[0].startswith("h"):
-            node, parts = params["blocks"][int(parts[0][1:])], parts[1:]
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-        node[parts[-1]] = array
-    return params
+def params_from_tensors(tensors: dict[str, np.ndarray], hparams: dict) -> dict:
+    """picoGPT's params dict from the checkpoint's variables; conv1d weights lose their leading 1."""
+    arrays = {path: tensors[gpt2_tensors.openai_name(path)] for path in gpt2_tensors.tensor_table(hparams)}
+    arrays = {path: array[0] if path[-1] == "w" else array for path, array in arrays.items()}  # [1, n_in, n_out]
+    return gpt2_tensors.nest(arrays, hparams["n_layer"])
 
 
 def check_new_download(model_dir: str) -> None:
@@ -241,4 +230,4 @@ def fails(check: Callable[[], object]) -> bool:
 
 
 def load_params(model_dir: str, hparams: dict, verify: bool = False) -> dict:
-    return params_from_tensors(map_checkpoint_tensors(model_dir, hparams, verify), hparams["n_layer"])
+    return params_from_tensors(map_checkpoint_tensors(model_dir, hparams, verify), hparams)

@@ -299,3 +299,15 @@ def test_a_download_is_checked_once_and_only_if_it_brought_checkpoint_files(copi
         utils.load_encoder_hparams_and_params("124M", models_dir, server.url)
         assert [request.path for request in server.requests] == [f"/124M/{fetched}"]
     assert len(calls) == checks
+
+
+def test_both_formats_name_the_one_tensor_table_and_store_it_as_their_readers_expect():
+    """gpt2_tensors' table, named as openai/gpt-2's model.py and transformers' GPT2Model name them."""
+    import gpt2_tensors
+
+    table = gpt2_tensors.tensor_table({"n_vocab": 10, "n_ctx": 4, "n_embd": 6, "n_head": 2, "n_layer": 2}, tied=False)
+    openai = {gpt2_tensors.openai_name(path): gpt2_tensors.openai_shape(path, shape) for path, shape in table.items()}
+    hf = {gpt2_tensors.huggingface_name(path): shape for path, shape in table.items()}
+    assert openai["model/h1/mlp/c_fc/w"] == (1, 6, 24) and openai["model/ln_f/g"] == (6,)
+    assert hf["h.1.mlp.c_fc.weight"] == (6, 24) and hf["h.0.ln_2.bias"] == (6,) and hf["lm_head.weight"] == (10, 6)
+    assert len(openai) == len(hf) == len(table) == 2 + 2 * 12 + 2 + 1

@@ -63,7 +63,7 @@ def test_card_of_the_124m_shapes_is_124439808_tied_and_163037184_untied():
     """OpenAI's 124M shapes, as arrays that take no memory (broadcast views of one zero)."""
     hparams = {"n_vocab": 50257, "n_ctx": 1024, "n_embd": 768, "n_head": 12, "n_layer": 12}
     tensors = {name: np.broadcast_to(np.float32(0), shape) for name, shape in utils.checkpoint_shapes(hparams).items()}
-    card = model_card.model_card(hparams, utils.params_from_tensors(tensors, 12))
+    card = model_card.model_card(hparams, utils.params_from_tensors(tensors, hparams))
     assert (card["total"], card["total_untied"]) == (124_439_808, 163_037_184)
     text = model_card.format_card(card, "124M")
     assert "124,439,808" in text and "163,037,184" in text

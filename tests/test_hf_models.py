@@ -92,11 +92,13 @@ def test_added_tokens_are_matched_whole_as_transformers_does(hf_name, models):
 
 def test_what_varies_between_checkpoints_is_read_from_config_and_files(models):
     a, b, c = (models[name][1] for name in HF_FIXTURES)
-    assert (a["n_layer"], a["n_head"], a["n_embd"], a["tied"]) == (2, 2, 8, False)
-    assert (b["n_layer"], b["n_head"], b["n_vocab"], b["layer_norm_epsilon"]) == (3, 3, 50259, 1e-6)
+    info = {name: utils.open_model(reference.fixture_dir(name)).info for name in HF_FIXTURES}
+    assert (a["n_layer"], a["n_head"], a["n_embd"], info["hf-a"].tied) == (2, 2, 8, False)
+    assert (b["n_layer"], b["n_head"], b["n_vocab"], info["hf-b"].layer_norm_epsilon) == (3, 3, 50259, 1e-6)
     assert models["hf-a"][2]["lm_head"].shape == (50257, 8) and "lm_head" not in models["hf-b"][2]
     assert models["hf-b"][2]["blocks"][0]["ln_1"]["eps"] == 1e-6
-    assert c["weights_dtype"] == "F16" and a["weights_dtype"] == "F32"
+    assert info["hf-c"].stored_dtypes == ("F16",) and info["hf-c"].converted and not info["hf-a"].converted
+    assert set(a) == set(c) == {"n_vocab", "n_ctx", "n_embd", "n_head", "n_layer"}, "hparams holds hyperparameters only"
 
 
 def test_float32_weights_are_read_only_views_of_the_file_and_float16_is_converted_once(models):
@@ -288,8 +290,7 @@ def test_a_hub_name_is_found_in_the_cache_at_refs_main(tmp_path, monkeypatch, va
     import hf_model
 
     assert hf_model.find_in_hub_cache("someone/tiny-gpt2") == str(snapshot)
-    encoder, hparams, _ = utils.load_model("someone/tiny-gpt2")
-    assert hparams["tied"] is False
+    assert utils.open_model("someone/tiny-gpt2").info.tied is False
 
 
 def test_a_name_missing_from_the_cache_says_where_it_looked_and_how_to_get_it(tmp_path, monkeypatch):
