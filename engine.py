@@ -233,9 +233,8 @@ class Engine:
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:  # [rows, n_vocab] -> [rows, n_vocab]
-    """log p of every token, as gpt2.target_logprobs computes them (log-sum-exp after the max), in float32."""
-    peak = np.max(logits, axis=-1, keepdims=True)
-    return logits - (np.log(np.sum(np.exp(logits - peak), axis=-1, keepdims=True)) + peak)
+    """log p of every token, as gpt2.target_logprobs computes them (so --score's numbers), in float32."""
+    return logits - gpt2.log_sum_exp(logits)[:, None]
 
 
 def top_logprobs(logprobs: np.ndarray, k: int) -> list[tuple[int, float]]:  # [n_vocab] -> k pairs

@@ -166,8 +166,7 @@ def scored_positions(tokens: list[int], params: dict, n_head: int, stride: int, 
 def score_rows(x: np.ndarray, head: np.ndarray, targets: np.ndarray, out: dict) -> None:  # [rows, E], [rows]
     """Fill out's views for these rows; the log-probability is gpt2.target_logprobs's, step for step."""
     logits = x @ head.T  # [rows, n_embd] -> [rows, n_vocab]
-    peak = np.max(logits, axis=-1, keepdims=True)
-    log_total = np.log(np.sum(np.exp(logits - peak), axis=-1)) + peak[:, 0]  # log-sum-exp: [rows]
+    log_total = gpt2.log_sum_exp(logits)  # [rows]
     target_logits = logits[np.arange(len(logits)), targets]
     out["logprobs"][:] = target_logits - log_total
     out["ranks"][:] = 1 + (logits > target_logits[:, None]).sum(axis=-1)

@@ -18,6 +18,8 @@ import numpy as np
 
 from errors import ContextError
 
+SCORE_FLOOR = np.float32(-80)  # below the row's largest score; exp(-80) = 1.8e-35 is still a normal float32
+
 
 def gelu(x):
     """GELU as GPT-2 computes it, the tanh approximation ("gelu_new" in HuggingFace transformers):
@@ -44,11 +46,16 @@ def softmax(x):
 
 
 def layer_norm(x, g, b, eps=1e-5):  # [..., n_embd] -> [..., n_embd]
-    # means as sum * (1/n): np.mean's Python-level wrapper dominates on a decoding step's one row
+    # np.add.reduce, not np.sum or np.mean: their Python-level wrappers dominate on a decoding step's one
+    # row; and two buffers updated in place, not five fresh arrays
     inverse_n = 1 / x.shape[-1]
-    centered = x - np.sum(x, axis=-1, keepdims=True) * inverse_n
-    variance = np.sum(centered * centered, axis=-1, keepdims=True) * inverse_n  # np.var would center x again
-    return centered * (g / np.sqrt(variance + eps)) + b
+    centered = x - np.add.reduce(x, axis=-1, keepdims=True) * inverse_n
+    scale = centered * centered
+    variance = np.add.reduce(scale, axis=-1, keepdims=True) * inverse_n  # np.var would center x again
+    np.divide(g, np.sqrt(variance + eps), out=scale)  # g / sqrt(variance + eps), in the squares' buffer
+    centered *= scale
+    centered += b
+    return centered
 
 
 def linear(x, w, b):  # [..., n_in] -> [..., n_out]
@@ -68,9 +75,13 @@ def attention_weights(q, keys, mask):  # [H, T, D], [H, D, K], [T, K] or None ->
     if mask is not None:  # None: one new token, which may see every key
         scores += mask
     # softmax, in place: scores is ours, and n_head * n_seq * n_kv floats are worth not copying 4 times
-    scores -= np.max(scores, axis=-1, keepdims=True)
+    scores -= np.maximum.reduce(scores, axis=-1, keepdims=True)  # np.max minus its Python wrapper
+    # Clamp visible scores at -80 (masked ones stay -inf, so exactly 0 after exp): exp(-80) / 1024 keys
+    # is still a normal float32, and subnormal weights make exp, and on some CPUs the product, far slower.
+    # Clamping beat flushing tiny weights to 0 after the softmax, and changes no logit (issue 21).
+    np.maximum(scores, SCORE_FLOOR if mask is None else mask + SCORE_FLOOR, out=scores)
     np.exp(scores, out=scores)
-    scores /= np.sum(scores, axis=-1, keepdims=True)
+    scores /= np.add.reduce(scores, axis=-1, keepdims=True)
     return scores
 
 
@@ -90,7 +101,7 @@ def mha(x, c_attn, c_proj, n_head, attend):  # [N, E] -> [N, E]
 def transformer_block(x, mlp, attn, ln_1, ln_2, n_head, attend):  # [N, E] -> [N, E]
     # pre-norm: each half reads a layer-normed x and adds its output to x, the residual stream
     x = x + mha(layer_norm(x, **ln_1), **attn, n_head=n_head, attend=attend)
-    x = x + ffn(layer_norm(x, **ln_2), **mlp)
+    x += ffn(layer_norm(x, **ln_2), **mlp)  # in place: this x is the new array made just above
     return x
 
 
@@ -246,15 +257,24 @@ def generate(inputs, params, n_head, n_tokens_to_generate, pick=np.argmax, keep=
 # ---------------------------------------------------------------- scoring
 
 
+def log_sum_exp(logits):  # [rows, n_vocab] -> [rows]
+    """log(sum(exp(logits))) of each row, after its largest logit is taken out so that exp cannot
+    overflow; at SCORE_FLOOR below it exp stays out of the slow subnormal range, and 50,257 such
+    terms are far below the total's round-off."""
+    peak = np.maximum.reduce(logits, axis=-1, keepdims=True)
+    shifted = logits - peak
+    np.maximum(shifted, SCORE_FLOOR, out=shifted)
+    np.exp(shifted, out=shifted)
+    return np.log(np.add.reduce(shifted, axis=-1)) + peak[:, 0]
+
+
 def target_logprobs(x, head_weights, targets, rows_at_once=256):  # [n, n_embd], [n] -> [n]
     """log p(targets[i] | the context that produced x[i]); the head runs on a few rows at a time,
     since all n_ctx rows of logits at once would take n_ctx * n_vocab * 4 bytes (200 MB for GPT-2)."""
     out = np.empty(len(targets), dtype=np.float32)
     for i in range(0, len(targets), rows_at_once):
         logits = x[i : i + rows_at_once] @ head_weights.T  # [rows, n_embd] -> [rows, n_vocab]
-        peak = np.max(logits, axis=-1, keepdims=True)
-        log_total = np.log(np.sum(np.exp(logits - peak), axis=-1)) + peak[:, 0]  # log-sum-exp: [rows]
-        out[i : i + rows_at_once] = logits[np.arange(len(logits)), targets[i : i + rows_at_once]] - log_total
+        out[i : i + rows_at_once] = logits[np.arange(len(logits)), targets[i : i + rows_at_once]] - log_sum_exp(logits)
     return out
 
 
