@@ -182,12 +182,12 @@ def generation_steps_seconds(generate: Callable[[int], object], n_steps: int) ->
     return seconds(generate, n_steps + 1) - seconds(generate, 1)
 
 
-def matrix_only_step(params: dict) -> Callable[[], None]:
-    """A function doing just the weight matrix-vector products of one decode step, as gpt2.py has them."""
+def matrix_only_step(params: dict, rows: int = 1) -> Callable[[], None]:
+    """A function doing just the weight products of one decode step with `rows` rows, as gpt2.py has them."""
     rng = np.random.default_rng(0)
     n_embd = params["wpe"].shape[1]
-    x = rng.standard_normal((1, n_embd), dtype=np.float32)
-    h = rng.standard_normal((1, 4 * n_embd), dtype=np.float32)
+    x = rng.standard_normal((rows, n_embd), dtype=np.float32)
+    h = rng.standard_normal((rows, 4 * n_embd), dtype=np.float32)
     wte = params["wte"]
 
     def step() -> None:

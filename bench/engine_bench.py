@@ -26,7 +26,6 @@ import numpy as np
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(BENCH_DIR))
 
-import gpt2  # noqa: E402
 from engine import Engine  # noqa: E402
 from settings import Settings  # noqa: E402
 
@@ -44,21 +43,10 @@ def random_prompt(rng: np.random.Generator, n_vocab: int, length: int) -> list[i
 
 
 def matrix_only_seconds(params: dict, rows: int, passes: int = 10) -> float:
-    """The median time of one step's weight products with `rows` rows."""
-    rng = np.random.default_rng(0)
-    n_embd = params["wpe"].shape[1]
-    x = rng.standard_normal((rows, n_embd), dtype=np.float32)
-    h = rng.standard_normal((rows, 4 * n_embd), dtype=np.float32)
-    head_t = gpt2.head(**params).T
+    """The median time of one step's weight products with `rows` rows (bench.py's matrix-only step)."""
+    from bench import matrix_only_step
 
-    def step() -> None:
-        for block in params["blocks"]:
-            x @ block["attn"]["c_attn"]["w"]
-            x @ block["attn"]["c_proj"]["w"]
-            x @ block["mlp"]["c_fc"]["w"]
-            h @ block["mlp"]["c_proj"]["w"]
-        x @ head_t
-
+    step = matrix_only_step(params, rows)
     step()
     times = []
     for _ in range(passes):
