@@ -15,17 +15,22 @@ threadpoolctl for NumPy in this process, torch.set_num_threads for torch. Measur
 rounds that alternate ours / transformers / pico; each figure is the median over the rounds.
 
 What the numbers mean:
-- prefill N tokens: the time until the first new token's logits for an N-token prompt. Ours: one
+- prefill N tokens: the time until the first new token's logits for an N-token prompt: the 10-token
+  PROMPT, 500 random tokens, and 500 tokens of plain English (the start of Python's LICENSE.txt, which
+  stays the same from run to run). Ours: one
   pass over the prompt with a fresh cache, then the head on the last position
   (next(gpt2.generate_steps(prompt, ..., 1))). transformers: one forward pass over the prompt with
   use_cache=True and logits_to_keep=1 (also the head on the last position only).
-- decode after N tokens: new tokens per second once the prompt is in the cache, prefill excluded.
+- decode after N tokens (the 10-token and the 500 random-token prompts): new tokens per second once
+  the prompt is in the cache, prefill excluded.
   Ours: the generator's steps after the first. transformers: model.generate (greedy, KV cache)
   timed for n+1 and for 1 new tokens; the difference is n steps of its own generation loop.
   pico (no cache: every step reruns the whole sequence): gpt2_pico.generate timed the same way.
 - matrix-only bound: the time of just the weight matrix-vector products of one decode step (per
   layer x@c_attn.w, x@attn.c_proj.w, x@c_fc.w, x@mlp.c_proj.w with one float32 row, and x@wte.T
   for the head), as tokens/s = 1 / time. Reading every weight once is the floor of a decode step.
+  It is measured in the same rounds as decode, so their ratio means the same on any machine
+  (bench/report.py's targets are such ratios, not tokens per second).
 - whole CLI: wall time of `python gpt2.py PROMPT --n_tokens_to_generate 40 ...` (10-token prompt)
   from start to exit, its CPU time and its peak resident memory (ru_maxrss from os.wait4), after one
   untimed run so that the weights are in the page cache. transformers: the same for
@@ -45,6 +50,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 from typing import TYPE_CHECKING, Callable
@@ -80,7 +86,8 @@ if TYPE_CHECKING:
     import transformers
 
 PROMPT = "Alan Turing theorized that computers would one day become"  # 10 tokens
-LONG_PROMPT_TOKENS = 500
+LONG_PROMPT_TOKENS = 500  # the random-token prompt and the English one
+DECODED_PROMPTS = ("short", "long")  # decode is measured after these; prefill after every prompt
 CLI_NEW_TOKENS = 40
 FULL = dict(rounds=5, short_new=100, long_new=200, pico_new=20, matrix_passes=20, max_wait=30, batch_new=40)
 QUICK = dict(rounds=1, short_new=10, long_new=10, pico_new=3, matrix_passes=5, max_wait=5, batch_new=5)
@@ -201,6 +208,14 @@ def matrix_only_step(params: dict, rows: int = 1) -> Callable[[], None]:
     return step
 
 
+def english_prompt(tokenizer: "transformers.GPT2Tokenizer", n_tokens: int) -> list[int]:
+    """The first n_tokens of Python's own LICENSE.txt: plain English prose that stays the same from
+    run to run (and between the runs before and after a change), whatever this repository's files say."""
+    with open(os.path.join(sysconfig.get_paths()["stdlib"], "LICENSE.txt"), encoding="utf-8") as f:
+        tokens = tokenizer(" ".join(f.read().split()))["input_ids"]
+    return tokens[:n_tokens]
+
+
 def common_prefix(a: list[int], b: list[int]) -> int:
     n = 0
     while n < min(len(a), len(b)) and a[n] == b[n]:
@@ -228,8 +243,8 @@ def measure_in_process(
         for label, prompt in prompts.items():
             samples.measure(f"ours_prefill_{label}", lambda: seconds(ours_prefill, params, n_head, prompt))
             samples.measure(f"transformers_prefill_{label}", lambda: seconds(transformers_prefill, model, prompt))
-        for label, prompt in prompts.items():
-            n_new = counts[f"{label}_new"]
+        for label in DECODED_PROMPTS:
+            prompt, n_new = prompts[label], counts[f"{label}_new"]
             generate = lambda n: transformers_model.hf_greedy(model, prompt, n)
             samples.measure(f"ours_decode_{label}", lambda: ours_decode(params, n_head, prompt, n_new)[0])
             samples.measure(f"transformers_decode_{label}", lambda: generation_steps_seconds(generate, n_new))
@@ -325,9 +340,11 @@ def main(argv: list[str] | None = None) -> None:
     hparams = utils.load_hparams(model_dir)
     params = utils.load_params(model_dir, hparams)
     model = load_transformers_model(hf_dir)
+    tokenizer = gpt2_tokenizer(model_dir)
     prompts = {
-        "short": gpt2_tokenizer(model_dir)(PROMPT)["input_ids"],
+        "short": tokenizer(PROMPT)["input_ids"],
         "long": np.random.default_rng(0).integers(0, hparams["n_vocab"] - 1, LONG_PROMPT_TOKENS).tolist(),
+        "english": english_prompt(tokenizer, LONG_PROMPT_TOKENS),
     }
     samples = Samples()
     print("in-process: ours / transformers / pico, alternating", flush=True)

@@ -17,8 +17,9 @@ def compute_figures(samples: Samples, counts: dict, weights_bytes: int) -> dict[
         "pico_decode_short_tokens_per_s": counts["pico_new"] / m["pico_decode_short"],
     }
     for engine in ("ours", "transformers"):
-        for label in ("short", "long"):
+        for label in ("short", "long", "english"):
             figures[f"{engine}_prefill_{label}_seconds"] = m[f"{engine}_prefill_{label}"]
+        for label in ("short", "long"):
             figures[f"{engine}_decode_{label}_tokens_per_s"] = counts[f"{label}_new"] / m[f"{engine}_decode_{label}"]
     for size in BATCH_SIZES:  # new tokens of all prompts per second, the pass over the prompts included
         figures[f"ours_batch{size}_tokens_per_s"] = size * counts["batch_new"] / m[f"ours_batch{size}"]
@@ -38,14 +39,17 @@ def target(name: str, value: float, relation: str, threshold: float) -> dict:
 
 
 def check_targets(f: dict[str, float]) -> list[dict]:
-    decode_short = f["ours_decode_short_tokens_per_s"]
+    """Speed targets are ratios of figures measured in the same run (issue 21), so that they mean the
+    same on any machine; only start-up and the tokenizer keep absolute times."""
+    decode_short, decode_long = f["ours_decode_short_tokens_per_s"], f["ours_decode_long_tokens_per_s"]
     bound, theirs = f["matrix_only_bound_tokens_per_s"], f["transformers_decode_short_tokens_per_s"]
-    prefill_ratio = f["transformers_prefill_long_seconds"] / f["ours_prefill_long_seconds"]
+    prefill = lambda label: f[f"ours_prefill_{label}_seconds"] / f[f"transformers_prefill_{label}_seconds"]
     return [
-        target("decode after 10 tokens / matrix-only bound", decode_short / bound, ">=", 0.85),
-        target("decode after 10 tokens / transformers'", decode_short / theirs, ">=", 2.0),
-        target("decode after 500 tokens (tokens/s)", f["ours_decode_long_tokens_per_s"], ">=", 45.0),
-        target("prefill 500 tokens: transformers' time / ours", prefill_ratio, ">=", 1.0),
+        target("decode after 10 tokens / matrix-only bound", decode_short / bound, ">=", 0.9),
+        target("decode after 500 tokens / matrix-only bound", decode_long / bound, ">=", 0.85),
+        target("decode after 10 tokens / transformers'", decode_short / theirs, ">=", 1.6),
+        target("prefill 500 random tokens: ours / transformers' time", prefill("long"), "<=", 0.8),
+        target("prefill 500 English tokens: ours / transformers' time", prefill("english"), "<=", 0.8),
         target("whole CLI: transformers' time / ours", f["transformers_cli_seconds"] / f["ours_cli_seconds"], ">=", 5),
         target("CLI peak RSS / weights file", f["ours_cli_peak_rss_bytes"] / f["weights_file_bytes"], "<=", 1.15),
         target("start-up: import + load (s)", f["startup_seconds"], "<=", 0.5),
@@ -65,7 +69,8 @@ def format_table(f: dict[str, float], targets: list[dict], info: dict) -> str:
     mib = lambda b: f"{b / 2**20:10.0f}"
     rows = [
         row("prefill, 10-token prompt (ms)", "{}_prefill_short_seconds", ms),
-        row("prefill, 500-token prompt (ms)", "{}_prefill_long_seconds", ms),
+        row("prefill, 500 random tokens (ms)", "{}_prefill_long_seconds", ms),
+        row("prefill, 500 English tokens (ms)", "{}_prefill_english_seconds", ms),
         row("decode after 10 tokens (tokens/s)", "{}_decode_short_tokens_per_s", rate),
         row("decode after 500 tokens (tokens/s)", "{}_decode_long_tokens_per_s", rate),
         row("whole CLI, 40 tokens: wall (s)", "{}_cli_seconds", sec),
@@ -100,7 +105,7 @@ def format_table(f: dict[str, float], targets: list[dict], info: dict) -> str:
     ]
     for t in targets:
         verdict = "PASS" if t["pass"] else "FAIL"
-        lines.append(f"  {verdict}  {t['target']:48}{t['value']:9.3f} {t['relation']} {t['threshold']}")
+        lines.append(f"  {verdict}  {t['target']:54}{t['value']:9.3f} {t['relation']} {t['threshold']}")
     return "\n".join(lines)
 
 
