@@ -7,6 +7,7 @@ process (greedy tokens, whose margins are >= 0.014: see tests/reference.py) and 
 """
 import json
 import signal
+import socket
 import threading
 import time
 import urllib.request
@@ -184,13 +185,43 @@ def test_a_full_queue_is_a_429_with_retry_after():
     ({"model": MODEL, "prompt": "x", "frobnicate": 1}, 400, "frobnicate"),
     ({"model": MODEL, "prompt": ["x"] * 200, "n": 2}, 400, "n"),
     ({"prompt": "x"}, 400, "model"),
-    (b"x" * (3 * 2**20), 413, None),
 ])
 def test_a_bad_request_gets_openais_error_object_and_no_stack_trace(server, body, status, param):
     got, _, reply = server.post("/v1/completions", body)
     assert got == status, reply
     assert set(reply["error"]) == {"message", "type", "param", "code"} and reply["error"]["param"] == param
     assert "Traceback" not in json.dumps(reply)
+
+
+def raw_post_status(server, head, body):
+    """The status line of a request sent over a plain socket: the server may answer (and close) before
+    the whole body is sent, so a broken pipe while sending is expected, not a failure."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as connection:
+        try:
+            connection.sendall(head + body)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        reply = b""
+        while b"\r\n\r\n" not in reply:
+            chunk = connection.recv(65536)
+            if not chunk:
+                break
+            reply += chunk
+    return reply.split(b"\r\n", 1)[0].decode()
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_a_body_over_the_limit_is_a_413_whether_its_length_is_said_or_not(server, chunked):
+    body = b"x" * (3 * 2**20)
+    head = b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+    if chunked:
+        head += b"Transfer-Encoding: chunked\r\n\r\n"
+        body = b"".join(b"%x\r\n%s\r\n" % (len(piece), piece) for piece in [body[i : i + 65536]
+                                                                         for i in range(0, len(body), 65536)])
+        body += b"0\r\n\r\n"
+    else:
+        head += b"Content-Length: %d\r\n\r\n" % len(body)
+    assert raw_post_status(server, head, body).split()[1] == "413"
 
 
 def test_tokenize_and_detokenize_round_trip(server, model):
