@@ -179,6 +179,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             check_text(args.prompt, "the prompt")
         except argparse.ArgumentTypeError as e:
             parser.error(str(e))
+    corpus_file = args.score if args.score and args.score.lower().endswith((".jsonl", ".ndjson")) else None
+    if corpus_file and args.explain:
+        parser.error("--explain goes with --score of one text, not of a .jsonl corpus")
     modes = (args.prompt is not None) + (args.prompts_file is not None) + (args.score is not None) + args.info
     if modes + args.serve != 1:
         parser.error("give exactly one of: a prompt, --prompts_file PATH, --score PATH, --info, --serve")
@@ -186,7 +189,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if getattr(args, option) != parser.get_default(option) and not args.serve:
             parser.error(f"--{option} goes with --serve")
     for option, value, needs, mode in [
-        ("--output", args.output, "--prompts_file", args.prompts_file),
+        ("--output", args.output, "--prompts_file or --score FILE.jsonl", args.prompts_file or corpus_file),
         ("--json", args.json, "--score", args.score),
         ("--stride", args.stride, "--score", args.score),
         ("--show_probs", args.show_probs, "a single prompt", args.prompt),
