@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, BinaryIO, Callable, Iterable, TextIO
 
 import numpy as np
 
+import batch_api
 import cli_files
 import corpus
 import explain
@@ -189,6 +190,10 @@ def run_info(args: argparse.Namespace) -> None:
 
 
 def run_prompts_file(args: argparse.Namespace) -> None:
+    lines = batch_api.read_batch_lines(args.prompts_file) if args.prompts_file.lower().endswith(
+        cli_files.JSONL_SUFFIXES) else None
+    if lines is not None:
+        return run_batch_file(args, lines)
     prompts = read_prompts(args.prompts_file, args.settings)  # all of it is checked before the model loads
     with cli_files.opened_output(args.output) as out:  # so is --output: refused, or locked for this run
         encoder, hparams, params = load_model(args)
@@ -202,6 +207,16 @@ def run_prompts_file(args: argparse.Namespace) -> None:
                 raise type(e)(f"{args.prompts_file} line {prompt.line}: {e}") from None
         job = jobs.Job("prompts", args.prompts_file, prompts, jobs.CHUNK_BATCHES * args.batch_size,
                        {"batch_size": args.batch_size, "seed": args.seed}, encoded)
+        run_job(args, job, model_for_jobs(args, encoder, hparams, params), out)
+
+
+def run_batch_file(args: argparse.Namespace, lines: list) -> None:
+    """--prompts_file in OpenAI's Batch format (batch_api.py): each line's body brings its own settings."""
+    with cli_files.opened_output(args.output) as out:
+        encoder, hparams, params = load_model(args)
+        created = int(time.time()) if args.prompts_file == "-" else int(os.stat(args.prompts_file).st_mtime)
+        options = {"batch_size": args.batch_size, "seed": args.seed, "created": created}
+        job = jobs.Job("batch", args.prompts_file, lines, jobs.CHUNK_BATCHES * args.batch_size, options)
         run_job(args, job, model_for_jobs(args, encoder, hparams, params), out)
 
 
