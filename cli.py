@@ -229,7 +229,16 @@ def run_job(args: argparse.Namespace, job: jobs.Job, model: jobs.Model, out: Bin
     """A prompts file's or a corpus's job, in this process (or on Ray, with --ray), resuming --output."""
     first = job.count_finished(args.output)
     with progress_bar(total=len(job.items), initial=first, unit=job.unit, desc=f"{job.unit}s") as bar:
-        jobs.run_locally(job, model, first, out, bar)
+        if args.ray is None:
+            jobs.run_locally(job, model, first, out, bar)
+            return
+        import ray_jobs
+
+        models_dir = os.path.abspath(args.models_dir or "models")
+        model_dir = args.model if args.model is None or not os.path.isdir(args.model) else os.path.abspath(args.model)
+        source = ray_jobs.ModelSource(model_dir, args.model_size, models_dir, args.base_url)
+        memory = ray_jobs.run(job, first, out, bar, args.ray or None, source, args.threads or 1, args.ray_workers)
+    ray_jobs.say_memory(memory)
 
 
 # ---------------------------------------------------------------- scoring

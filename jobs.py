@@ -36,6 +36,7 @@ class Job:
     chunk_size: int
     options: dict  # what a chunk needs besides the model and its items: stride, json, batch_size, seed, ...
     tokens: list | None = None  # a prompts file's prompts, tokenized once by the driver
+    offset: int = 0  # the place in the file of items[0] (a worker is sent one chunk's items only)
 
     @property
     def unit(self) -> str:
@@ -67,7 +68,7 @@ class Chunk(NamedTuple):
 
 def compute_chunk(job: Job, model: Model, begin: int, end: int) -> Chunk:
     """The records of items[begin:end]: the same bytes wherever and whenever it runs."""
-    items = job.items[begin:end]
+    items = job.items[begin - job.offset : end - job.offset]
     if job.kind == "corpus":
         records = corpus.score_documents(items, model.encoder, model.params, model.hparams["n_head"],
                                          job.options["stride"], job.options["json"])
@@ -79,7 +80,8 @@ def compute_chunk(job: Job, model: Model, begin: int, end: int) -> Chunk:
 
         records, n_tokens = batch_api.run_lines(engine, model, items, job.options)
         return Chunk(begin, records, n_tokens)
-    return Chunk(begin, *complete_prompts(engine, items, job.tokens[begin:end], begin, job.options["seed"]))
+    tokens = job.tokens[begin - job.offset : end - job.offset]
+    return Chunk(begin, *complete_prompts(engine, items, tokens, begin, job.options["seed"]))
 
 
 def complete_prompts(engine: Engine, prompts: list, encoded: list[list[int]], first_row: int,
