@@ -4,22 +4,24 @@ options."""
 import argparse
 import io
 import json
-import math
 import os
 import sys
 import time
-from typing import TYPE_CHECKING, BinaryIO, Iterable, TextIO
+from typing import TYPE_CHECKING, BinaryIO, Callable, Iterable, TextIO
 
 import numpy as np
 
+import batch_api
 import cli_files
+import corpus
 import explain
 import explain_page
 import gpt2
+import jobs
 import model_card
 import score_page
 import utils
-from cli_files import Prompt, append_records, completion_record, count_finished_records, read_prompts, read_text
+from cli_files import Prompt, read_prompts, read_text
 from cli_options import parse_args
 from encoder import Encoder
 from engine import Engine
@@ -80,8 +82,13 @@ def make_engine(encoder: Encoder, hparams: dict, params: dict, max_rows: int) ->
 
 
 def run_engine(args: argparse.Namespace, engine: Engine) -> Iterable:
-    """The engine's events until it has no work left, saying once when a window is full."""
-    return say_once_when_full(engine.run(), engine.n_ctx, args.context_keep or engine.n_ctx // 2)
+    """The engine's events until it has no work left; the first time a window is full, say so, once the
+    event that filled it has been handled (its text printed)."""
+    say = say_shift_once(engine.n_ctx, args.context_keep or engine.n_ctx // 2)
+    for request, event in engine.run():
+        yield request, event
+        if event.shifted:
+            say()
 
 
 def check_keep(args: argparse.Namespace, n_ctx: int) -> None:
@@ -91,16 +98,17 @@ def check_keep(args: argparse.Namespace, n_ctx: int) -> None:
                          f"of {n_ctx} tokens")
 
 
-def say_once_when_full(events: Iterable, n_ctx: int, keep: int) -> Iterable:
-    """Pass the engine's events through; the first time a window is full, say so on stderr, once the
-    event that filled it has been handled (its text printed)."""
-    said = False
-    for request, event in events:
-        yield request, event
-        if event.shifted and not said:
-            said = True
+def say_shift_once(n_ctx: int, keep: int) -> Callable[[], None]:
+    """A note on stderr, the first time it is called: the context window is full."""
+    said = []
+
+    def say() -> None:
+        if not said:
+            said.append(True)
             print(f"gpt2.py: the context window ({n_ctx} tokens) is full: going on from the last {keep} "
                   "tokens (--context_keep sets how many)", file=sys.stderr, flush=True)
+
+    return say
 
 
 class Watch:
@@ -191,7 +199,11 @@ def run_info(args: argparse.Namespace) -> None:
 
 
 def run_prompts_file(args: argparse.Namespace) -> None:
-    # --seed seeds each prompt by its place in the file (write_completions); a record's own seed is its own
+    lines = batch_api.read_batch_lines(args.prompts_file) if args.prompts_file.lower().endswith(
+        cli_files.JSONL_SUFFIXES) else None
+    if lines is not None:
+        return run_batch_file(args, lines)
+    # --seed seeds each prompt by its place in the file (jobs.complete_prompts); a record's own seed is its own
     prompts = read_prompts(args.prompts_file, args.settings.with_changes(seed=None))  # checked before the model loads
     with cli_files.opened_output(args.output) as out:  # so is --output: refused, or locked for this run
         encoder, hparams, params = load_model(args)
@@ -203,57 +215,48 @@ def run_prompts_file(args: argparse.Namespace) -> None:
                 prompt.settings.check_for_model(hparams["n_vocab"], hparams["n_ctx"])
             except GPT2Error as e:
                 raise type(e)(f"{args.prompts_file} line {prompt.line}: {e}") from None
-        first = count_finished_records(args.output, prompts) if args.output else 0
-        engine = make_engine(encoder, hparams, params, max_rows=args.batch_size)
-        with progress_bar(total=len(prompts), initial=first, unit="prompt", desc="prompts") as bar:
-            write_completions(args, engine, encoder, prompts, encoded, first, out, bar)
+        job = jobs.Job("prompts", args.prompts_file, prompts, jobs.CHUNK_BATCHES * args.batch_size,
+                       {"batch_size": args.batch_size, "seed": args.seed}, encoded)
+        run_job(args, job, model_for_jobs(args, encoder, hparams, params), out)
 
 
-def write_completions(
-    args: argparse.Namespace, engine: Engine, encoder: Encoder, prompts: list[Prompt], encoded: list[list[int]],
-    first: int, out: BinaryIO, bar: "tqdm",
-) -> None:
-    """Generate for prompts[first:], --batch_size at a time: a finished prompt's row goes to the next
-    prompt at once. Records are written in input order, each as soon as those before it are written."""
-    durable = out is not sys.stdout.buffer
-    finished: dict[int, bytes] = {}  # row -> its record, until every earlier record is written
-    next_row, n_new_tokens, started = first, 0, time.perf_counter()
-    submitted = iter(range(first, len(prompts)))
+def run_batch_file(args: argparse.Namespace, lines: list) -> None:
+    """--prompts_file in OpenAI's Batch format (batch_api.py): each line's body brings its own settings."""
+    with cli_files.opened_output(args.output) as out:
+        encoder, hparams, params = load_model(args)
+        created = int(time.time()) if args.prompts_file == "-" else int(os.stat(args.prompts_file).st_mtime)
+        options = {"batch_size": args.batch_size, "seed": args.seed, "created": created}
+        job = jobs.Job("batch", args.prompts_file, lines, jobs.CHUNK_BATCHES * args.batch_size, options)
+        run_job(args, job, model_for_jobs(args, encoder, hparams, params), out)
 
-    def submit_next() -> None:
-        row = next(submitted, None)
-        if row is not None:
-            # each prompt draws from its own generator, so a sample does not depend on the batch size or
-            # on which prompts run beside it; a record's own seed is its own, as for a single prompt
-            seed = prompts[row].settings.seed  # the record's own
-            if seed is None and args.seed is not None:
-                seed = [args.seed, row]
-            engine.submit(encoded[row], prompts[row].settings, seed, tag=row)
 
-    for _ in range(args.batch_size):
-        submit_next()
-    for request, event in run_engine(args, engine):
-        if event.finish_reason is None:
-            continue
-        row, continuation = request.tag, request.continuation
-        prompt = prompts[row]
-        finished[row] = completion_record(prompt.line, prompt.text, continuation.text, continuation.tokens)
-        n_new_tokens += len(continuation.tokens)
-        submit_next()
-        records = b""
-        while next_row in finished:
-            records += finished.pop(next_row)
-            next_row += 1
-        if records:
-            append_records(out, records, durable)
-            bar.set_postfix_str(f"{n_new_tokens / (time.perf_counter() - started):.1f} tokens/s", refresh=False)
-            bar.update(records.count(b"\n"))
+def model_for_jobs(args: argparse.Namespace, encoder: Encoder, hparams: dict, params: dict) -> jobs.Model:
+    return jobs.Model(encoder, hparams, params, say_shift_once(hparams["n_ctx"], args.context_keep or
+                                                               hparams["n_ctx"] // 2))
+
+
+def run_job(args: argparse.Namespace, job: jobs.Job, model: jobs.Model, out: BinaryIO) -> None:
+    """A prompts file's or a corpus's job, in this process (or on Ray, with --ray), resuming --output."""
+    first = job.count_finished(args.output)
+    with progress_bar(total=len(job.items), initial=first, unit=job.unit, desc=f"{job.unit}s") as bar:
+        if args.ray is None:
+            jobs.run_locally(job, model, first, out, bar)
+            return
+        import ray_jobs
+
+        models_dir = os.path.abspath(args.models_dir or "models")
+        model_dir = args.model if args.model is None or not os.path.isdir(args.model) else os.path.abspath(args.model)
+        source = ray_jobs.ModelSource(model_dir, args.model_size, models_dir, args.base_url)
+        memory = ray_jobs.run(job, first, out, bar, args.ray or None, source, args.threads or 1, args.ray_workers)
+    ray_jobs.say_memory(memory)
 
 
 # ---------------------------------------------------------------- scoring
 
 
 def run_score(args: argparse.Namespace) -> None:
+    if args.score.lower().endswith(cli_files.JSONL_SUFFIXES):
+        return run_corpus(args)
     if args.explain:
         explain_page.check_writable(args.explain)  # before any work
     text = read_text(args.score)
@@ -261,9 +264,7 @@ def run_score(args: argparse.Namespace) -> None:
     tokens = encoder.encode(text)
     if len(tokens) < 2:
         raise GPT2Error(f"{args.score} has {len(tokens)} token(s): scoring needs at least 2")
-    stride = args.stride or hparams["n_ctx"] // 2
-    if stride >= hparams["n_ctx"]:  # windows must overlap, or each window's first token has no context
-        raise GPT2Error(f"--stride {stride} must be smaller than the model's context ({hparams['n_ctx']} tokens)")
+    stride = scoring_stride(args, hparams["n_ctx"])
     with progress_bar(total=len(tokens) - 1, unit="token", desc="scoring") as bar:
         progress = lambda n_scored: bar.update(n_scored - bar.n)
         if args.explain:  # the same windows and numbers, with each token's rank and top 10 kept for the page
@@ -273,17 +274,30 @@ def run_score(args: argparse.Namespace) -> None:
             logprobs = gpt2.token_logprobs(tokens, params, hparams["n_head"], stride, progress=progress)
     if args.explain:
         print(f"gpt2.py: wrote {args.explain}", file=sys.stderr)
-    nll = -math.fsum(logprobs.tolist()) / len(logprobs)  # average negative log-likelihood, nats per token
-    summary = {"n_tokens_scored": len(logprobs), "avg_nll": nll, "perplexity": math.exp(nll), "stride": stride}
+    summary = corpus.summary(logprobs, stride)
     if args.json:
-        # a token holding part of a character's bytes shows U+FFFD in "text"; "token" is exact
-        per_token = [{"token": t, "text": encoder.decode([t]), "logprob": float(lp)}
-                     for t, lp in zip(tokens[1:], logprobs)]
-        print(json.dumps({**summary, "tokens": per_token}, ensure_ascii=False))
+        print(json.dumps({**summary, "tokens": corpus.per_token(encoder, tokens, logprobs)}, ensure_ascii=False))
     else:
         print(f"tokens scored: {len(logprobs)} (the first token has no context)")
-        print(f"average negative log-likelihood: {nll:.4f} nats/token")
-        print(f"perplexity: {math.exp(nll):.4f}")
+        print(f"average negative log-likelihood: {summary['avg_nll']:.4f} nats/token")
+        print(f"perplexity: {summary['perplexity']:.4f}")
+
+
+def scoring_stride(args: argparse.Namespace, n_ctx: int) -> int:
+    stride = args.stride or n_ctx // 2
+    if stride >= n_ctx:  # windows must overlap, or each window's first token has no context
+        raise GPT2Error(f"--stride {stride} must be smaller than the model's context ({n_ctx} tokens)")
+    return stride
+
+
+def run_corpus(args: argparse.Namespace) -> None:
+    """--score docs.jsonl: one record per document, in input order (corpus.py)."""
+    documents = corpus.read_documents(args.score)
+    with cli_files.opened_output(args.output) as out:
+        encoder, hparams, params = load_model(args)
+        options = {"stride": scoring_stride(args, hparams["n_ctx"]), "json": args.json}
+        job = jobs.Job("corpus", args.score, documents, jobs.CHUNK_DOCUMENTS, options)
+        run_job(args, job, jobs.Model(encoder, hparams, params), out)
 
 
 def progress_bar(**kwargs: object) -> "tqdm":

@@ -9,7 +9,7 @@ import signal
 import stat
 import sys
 import threading
-from typing import TYPE_CHECKING, BinaryIO, Iterator, NamedTuple
+from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Iterator, NamedTuple
 
 import regex  # unlike the standard `re`, it matches partially: see could_start_record_of
 
@@ -113,8 +113,10 @@ def completion_record(line: int, prompt: str, completion: str, tokens: list[int]
     return (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
 
 
-def count_finished_records(path: str, prompts: list[Prompt]) -> int:
+def count_finished_records(path: str, prompts: list, is_record: Callable[[bytes, Any], bool] | None = None,
+                           could_start: Callable[[bytes, Any], bool] | None = None) -> int:
     """How many prompts an earlier run with the same prompts already wrote to `path` (0 if no file).
+    (Other inputs, such as a corpus's documents, bring their own is_record and could_start checks.)
 
     Each complete line must be, byte for byte, this run's record of the prompt at that place, or we
     stop rather than mix two runs' results. A last line without its newline is a record cut off by
@@ -128,16 +130,17 @@ def count_finished_records(path: str, prompts: list[Prompt]) -> int:
         return 0
     except OSError as e:
         raise GPT2Error(f"cannot read --output {path}: {e.strerror}") from None
+    is_record, could_start = is_record or is_record_of, could_start or could_start_record_of
     complete, _, cut_off = data.rpartition(b"\n")
     lines = complete.split(b"\n") if complete or data.startswith(b"\n") else []
     for i, line in enumerate(lines):
-        if i >= len(prompts) or not is_record_of(line + b"\n", prompts[i]):
+        if i >= len(prompts) or not is_record(line + b"\n", prompts[i]):
             raise GPT2Error(
                 f"--output {path} line {i + 1} is not this run's record for prompt {i + 1}; "
                 "use another --output (or the same arguments as the run that wrote it)"
             )
     if cut_off:
-        if len(lines) >= len(prompts) or not could_start_record_of(cut_off, prompts[len(lines)]):
+        if len(lines) >= len(prompts) or not could_start(cut_off, prompts[len(lines)]):
             raise GPT2Error(f"--output {path} ends with a line this tool did not write; use another --output")
         with open(path, "r+b") as f:
             f.truncate(len(data) - len(cut_off))

@@ -129,6 +129,11 @@ def build_parser() -> argparse.ArgumentParser:
     batch("--batch_size", type=positive_int, default=8, help="how many prompts share each forward pass")
     batch("--output", metavar="PATH",
           help="write the JSON Lines here; run again with the same arguments to continue an interrupted run")
+    batch("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+          help="run --prompts_file or a corpus --score on a Ray cluster: 'auto', a head's host:port, or, "
+               "with no address, a local one (pip install -r requirements-ray.txt)")
+    batch("--ray_workers", type=positive_int, default=None, metavar="N",
+          help="with --ray: how many workers (default: the cluster's CPUs / --threads)")
     scoring = parser.add_argument_group("scoring a text").add_argument
     scoring("--score", metavar="PATH",
             help="print the average negative log-likelihood and perplexity of PATH's text ('-': standard input)")
@@ -179,6 +184,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             check_text(args.prompt, "the prompt")
         except argparse.ArgumentTypeError as e:
             parser.error(str(e))
+    corpus_file = args.score if args.score and args.score.lower().endswith((".jsonl", ".ndjson")) else None
+    if corpus_file and args.explain:
+        parser.error("--explain goes with --score of one text, not of a .jsonl corpus")
     modes = (args.prompt is not None) + (args.prompts_file is not None) + (args.score is not None) + args.info
     if modes + args.serve != 1:
         parser.error("give exactly one of: a prompt, --prompts_file PATH, --score PATH, --info, --serve")
@@ -186,8 +194,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if getattr(args, option) != parser.get_default(option) and not args.serve:
             parser.error(f"--{option} goes with --serve")
     for option, value, needs, mode in [
-        ("--output", args.output, "--prompts_file", args.prompts_file),
+        ("--output", args.output, "--prompts_file or --score FILE.jsonl", args.prompts_file or corpus_file),
         ("--json", args.json, "--score", args.score),
+        ("--ray", args.ray is not None, "--prompts_file or --score FILE.jsonl", args.prompts_file or corpus_file),
+        ("--ray_workers", args.ray_workers, "--ray", args.ray),
         ("--stride", args.stride, "--score", args.score),
         ("--show_probs", args.show_probs, "a single prompt", args.prompt),
         ("--explain", args.explain, "a single prompt or --score", args.prompt if args.score is None else args.score),

@@ -1,8 +1,8 @@
 """OpenAI's legacy Completions API, field by field: a request body read into prompts and Settings,
 and the engine's results written back as OpenAI's response objects and stream chunks.
 
-It knows no HTTP: server.py serves it, and a batch job (OpenAI's Batch format) reads the same
-bodies. A bad field raises ApiError, which carries OpenAI's error object
+It knows no HTTP: server.py serves it, and a batch job (OpenAI's Batch format, batch_api.py) reads the
+same bodies and builds the same responses. A bad field raises ApiError, which carries OpenAI's error object
 {"error": {"message", "type", "param", "code"}} and its HTTP status.
 """
 import codecs
@@ -190,6 +190,52 @@ def completion_object(id_: str, model: str, choices: list[dict], usage: dict | N
     if usage is not None:
         response["usage"] = usage
     return response
+
+
+def request_rows(parsed: CompletionRequest, default_seed: list | None = None) -> list[tuple]:
+    """The engine rows of one request, (prompt, settings, seed, (prompt index, choice index)): best_of rows
+    per prompt. A seeded request's row i draws from [seed, i], so its choices differ from one another and
+    do not depend on the rows beside them; default_seed (a batch job's --seed and line) stands in for none."""
+    settings = parsed.settings
+    if parsed.best_of > parsed.n and settings.logprobs is None:
+        settings = settings.with_changes(logprobs=0)  # best_of ranks rows by their total logprob
+    rows = []
+    for p, prompt in enumerate(parsed.prompts):
+        for c in range(parsed.best_of):
+            index = p * parsed.best_of + c
+            seed = [settings.seed, index] if settings.seed is not None else \
+                None if default_seed is None else [*default_seed, index]
+            rows.append((prompt, settings, seed, (p, c)))
+    return rows
+
+
+def completion_response(rows: list, parsed: CompletionRequest, response_id: str, encoder: Any,
+                        created: int | None = None) -> dict:
+    """The whole response to one request from its finished engine rows (each tagged (prompt, choice)):
+    the n best of each prompt's best_of rows by total logprob, in order, and the usage."""
+    choices, n_generated = [], 0
+    for p in range(len(parsed.prompts)):
+        candidates = [row for row in rows if row.tag[-2] == p]
+        n_generated += sum(len(row.continuation.tokens) for row in candidates)
+        if parsed.best_of > parsed.n:
+            candidates.sort(key=lambda row: -sum(row.continuation.logprobs))
+        for row in candidates[: parsed.n]:
+            choices.append(whole_choice(row, parsed, len(choices), encoder))
+    usage = usage_object(sum(map(len, parsed.prompts)), n_generated)
+    return completion_object(response_id, parsed.model, choices, usage, created)
+
+
+def whole_choice(row: Any, parsed: CompletionRequest, index: int, encoder: Any) -> dict:
+    settings, continuation = parsed.settings, row.continuation
+    prompt_text = encoder.decode(row.prompt) if settings.echo else ""
+    logprobs = None
+    if settings.logprobs is not None:
+        tokens, values, tops = continuation.tokens, continuation.logprobs, continuation.top
+        if settings.echo:
+            tokens = row.prompt + tokens
+            values, tops = [None, *row.prompt_logprobs, *values], [None, *row.prompt_top, *tops]
+        logprobs = logprobs_object(encoder.decode_bytes, tokens, values, tops, settings.logprobs)
+    return choice(index, prompt_text + continuation.text, logprobs, continuation.finish_reason)
 
 
 def usage_object(prompt_tokens: int, completion_tokens: int) -> dict:

@@ -229,14 +229,8 @@ def make_app(engine: Engine, encoder: Any, model_id: str, n_ctx: int, api_key: s
             raise ApiError(429, f"the server has more than {max_queue} rows waiting: try again shortly",
                            kind="rate_limit_error", code="rate_limit_exceeded")
         rows = Rows(engine, asyncio.get_running_loop())
-        row_settings = parsed.settings
-        if parsed.best_of > parsed.n and row_settings.logprobs is None:
-            row_settings = row_settings.with_changes(logprobs=0)  # best_of ranks rows by their total logprob
-        for p, prompt in enumerate(parsed.prompts):
-            for c in range(parsed.best_of):
-                index = p * parsed.best_of + c
-                seed = None if row_settings.seed is None else [row_settings.seed, index]
-                rows.submit(prompt, row_settings, seed, (p, c))
+        for prompt, settings, seed, tag in openai_api.request_rows(parsed):
+            rows.submit(prompt, settings, seed, tag)
         metrics.tokens_in.inc(sum(map(len, parsed.prompts)))
         metrics.requests.labels("200").inc()
         response_id = openai_api.completion_id()
@@ -248,7 +242,7 @@ def make_app(engine: Engine, encoder: Any, model_id: str, n_ctx: int, api_key: s
             rows.cancel()  # a no-op for rows that are done; frees the rest if the client went away
         if any(row.continuation.finish_reason == "error" for row in rows.rows):
             raise ApiError(500, "the model failed on this request: see the server's log", kind="server_error")
-        return JSONResponse(whole_response(rows, parsed, response_id))
+        return JSONResponse(openai_api.completion_response(rows.rows, parsed, response_id, encoder))
 
     async def wait_for_rows(rows: Rows, request: Request) -> None:
         while not rows.done:
@@ -257,30 +251,6 @@ def make_app(engine: Engine, encoder: Any, model_id: str, n_ctx: int, api_key: s
             except asyncio.TimeoutError:
                 if await request.is_disconnected():
                     return
-
-    def whole_response(rows: Rows, parsed: openai_api.CompletionRequest, response_id: str) -> dict:
-        choices, n_generated = [], 0
-        for p in range(len(parsed.prompts)):
-            candidates = [row for row in rows.rows if row.tag[0] == p]
-            n_generated += sum(len(row.continuation.tokens) for row in candidates)
-            if parsed.best_of > parsed.n:
-                candidates.sort(key=lambda row: -sum(row.continuation.logprobs))
-            for row in candidates[: parsed.n]:
-                choices.append(whole_choice(row, parsed, len(choices)))
-        usage = openai_api.usage_object(sum(map(len, parsed.prompts)), n_generated)
-        return openai_api.completion_object(response_id, parsed.model, choices, usage)
-
-    def whole_choice(row: Row, parsed: openai_api.CompletionRequest, index: int) -> dict:
-        settings, continuation = parsed.settings, row.continuation
-        prompt_text = encoder.decode(row.prompt) if settings.echo else ""
-        logprobs = None
-        if settings.logprobs is not None:
-            tokens, values, tops = continuation.tokens, continuation.logprobs, continuation.top
-            if settings.echo:
-                tokens = row.prompt + tokens
-                values, tops = [None, *row.prompt_logprobs, *values], [None, *row.prompt_top, *tops]
-            logprobs = openai_api.logprobs_object(encoder.decode_bytes, tokens, values, tops, settings.logprobs)
-        return openai_api.choice(index, prompt_text + continuation.text, logprobs, continuation.finish_reason)
 
     async def stream(rows: Rows, parsed: openai_api.CompletionRequest, response_id: str) -> AsyncIterator[str]:
         """Server-sent events: each row's text as it is settled, one chunk per step, then [DONE]."""
