@@ -157,6 +157,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", choices=("124M", "355M"), default="124M")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--rounds", type=int, default=None, help="override the number of rounds (full: 3)")
     parser.add_argument("--cache_dir", default=os.path.join(os.path.dirname(BENCH_DIR), "bench_cache"))
     args = parser.parse_args(argv)
     import utils
@@ -167,7 +168,9 @@ def main(argv: list[str] | None = None) -> None:
     model_dir = ensure_checkpoint(os.path.abspath(args.cache_dir), args.model)
     hparams = utils.load_hparams(model_dir)
     params = utils.load_params(model_dir, hparams)
-    figures = measure(params, hparams["n_head"], QUICK if args.quick else FULL)
+    counts = dict(QUICK if args.quick else FULL)
+    counts["rounds"] = args.rounds or counts["rounds"]
+    figures = measure(params, hparams["n_head"], counts)
     print(format_table(figures))
     for name, value, relation, threshold in targets(figures):
         passed = value >= threshold if relation == ">=" else value <= threshold

@@ -129,6 +129,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--seconds", type=float, default=None, help="how long each load runs (full: 40, quick: 10)")
     parser.add_argument("--cache_dir", default=os.path.join(REPO_DIR, "bench_cache"))
     args = parser.parse_args(argv)
     from engine_bench import decode_tokens_per_second
@@ -145,7 +146,7 @@ def main(argv: list[str] | None = None) -> None:
     params = utils.load_params(model_dir, hparams)
     engine_32 = decode_tokens_per_second(params, hparams["n_head"], 32, 4 if args.quick else 24)
     del params
-    f = measure(hf_dir, args.threads, 10 if args.quick else 40)
+    f = measure(hf_dir, args.threads, args.seconds or (10 if args.quick else 40))
     print(f"\n{'clients':>8}{'ours tok/s':>12}{'transf.':>10}{'ratio':>8}{'ours TTFT p50/p95 (s)':>24}"
           f"{'transf. p50/p95':>18}")
     for c in CLIENTS:

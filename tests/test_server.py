@@ -13,6 +13,7 @@ import time
 import urllib.request
 
 import numpy as np
+import psutil
 import pytest
 
 import gpt2
@@ -83,6 +84,17 @@ def test_n_choices_with_a_seed_are_reproducible_and_differ_from_each_other(serve
                                                                     extra_body={"top_k": 10}).choices]
     first = ask(5)
     assert first == ask(5) and len(set(first)) > 1 and first != ask(6)
+
+
+def test_best_of_returns_the_candidate_with_the_highest_total_logprob(server):
+    """best_of 3 draws the rows that n 3 draws with the same seed (row i is seeded [seed, i]), and keeps
+    the one whose tokens' logprobs add up highest; user is accepted and ignored."""
+    client = server.client()
+    ask = dict(model=MODEL, prompt="The", max_tokens=6, temperature=1.0, seed=9, logprobs=0)
+    candidates = client.completions.create(**ask, n=3).choices
+    best = max(candidates, key=lambda c: sum(c.logprobs.token_logprobs))
+    chosen = client.completions.create(**ask, best_of=3, user="someone").choices
+    assert len(chosen) == 1 and chosen[0].text == best.text and len({c.text for c in candidates}) > 1
 
 
 def test_a_stop_text_ends_the_choice_before_it(server):
@@ -237,10 +249,19 @@ def test_models_lists_the_served_model(server):
         server.client().models.retrieve("gpt-4")
 
 
-def test_there_is_no_cors_unless_asked_for(server):
+def cors_header(server):
     request = urllib.request.Request(server.url + "/v1/models", headers={"Origin": "http://example.test"})
     with urllib.request.urlopen(request, timeout=5) as response:
-        assert "access-control-allow-origin" not in {k.lower() for k in response.headers}
+        return response.headers.get("Access-Control-Allow-Origin")
+
+
+def test_there_is_no_cors_unless_asked_for(server):
+    assert cors_header(server) is None
+    allowing = ServerProcess(MODEL_DIR, "--cors_origin", "http://example.test")
+    try:
+        assert cors_header(allowing) == "http://example.test"
+    finally:
+        allowing.stop()
 
 
 # ---------------------------------------------------------------- under load
@@ -266,6 +287,8 @@ def test_concurrent_clients_share_passes_and_each_gets_its_solo_output_and_leave
                 stream.close()  # the client goes away: its row must leave the batch
                 break
 
+    complete(0)  # warm: the first request allocates what every later one reuses
+    rss_before = psutil.Process(server.process.pid).memory_info().rss
     threads = [threading.Thread(target=complete if i % 2 == 0 else leave_mid_stream, args=(i,)) for i in range(8)]
     for thread in threads:
         thread.start()
@@ -278,14 +301,17 @@ def test_concurrent_clients_share_passes_and_each_gets_its_solo_output_and_leave
     while server.metric("gpt2_rows_in_flight") and time.monotonic() < deadline:
         time.sleep(0.1)
     assert server.metric("gpt2_rows_in_flight") == 0 and server.metric("gpt2_queue_depth") == 0
+    grown = psutil.Process(server.process.pid).memory_info().rss - rss_before
+    assert grown < 30 * 2**20, f"the server kept {grown / 2**20:.0f} MiB after its clients left"  # caches are ~1 MiB
 
 
-def test_sigterm_stops_the_server_with_a_stream_in_flight_and_exit_status_0():
-    process = ServerProcess(MODEL_DIR, )
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT])
+def test_sigterm_or_ctrl_c_stops_the_server_with_a_stream_in_flight_and_exit_status_0(stop_signal):
+    process = ServerProcess(MODEL_DIR)
     stream = process.client().completions.create(model=MODEL, prompt="x", max_tokens=60, stream=True)
     next(iter(stream))
     started = time.monotonic()
-    process.process.send_signal(signal.SIGTERM)
+    process.process.send_signal(stop_signal)
     assert process.process.wait(timeout=15) == 0
     assert time.monotonic() - started < 10
     assert b"Traceback" not in process.process.stderr.read()
