@@ -30,7 +30,8 @@ CHUNKS_PER_WORKER = 2  # in flight at once: a worker has its next chunk while th
 LOOKAHEAD_PER_WORKER = 4  # chunks past the oldest unwritten one that may be computed (bounds the driver's memory)
 MAX_RESTARTS = 3  # a worker that dies more often than this (out of memory on every try) ends the job
 REPO_DIR = os.path.dirname(os.path.abspath(__file__))
-CODE_ONLY = ["/tests/", "/docs/", "/bench/", "/references/", "/models/", "/bench_cache/", "*.png", "*.html"]
+CODE_ONLY = ["/tests/", "/docs/", "/bench/", "/references/", "/models/", "/bench_cache/", "*.png", "*.html", ".git",
+             "__pycache__", ".venv"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,6 +81,7 @@ def import_ray(address: str | None) -> Any:
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     if address is None and "RAY_AUTH_MODE" not in os.environ and "RAY_AUTH_TOKEN" not in os.environ:
         os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
+    os.environ.setdefault("RAY_OVERRIDE_RUNTIME_ENV_DEFAULT_EXCLUDES", "")  # CODE_ONLY has them, without a warning
     try:
         import ray
     except ImportError:
@@ -180,8 +182,7 @@ def cluster_chunks(ray: Any, job: jobs.Job, first: int, workers: list) -> Iterat
 
     while todo or pending:
         for i in sorted(load, key=load.get):
-            while todo and load[i] < CHUNKS_PER_WORKER and todo[-1][0] - (oldest() if pending else 0) < \
-                    limit * job.chunk_size:
+            while todo and load[i] < CHUNKS_PER_WORKER and todo[-1][0] - oldest() < limit * job.chunk_size:
                 submit(i)
         ready, _ = ray.wait(list(pending), num_returns=1)
         i, _ = pending.pop(ready[0])

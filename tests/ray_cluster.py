@@ -9,33 +9,48 @@ import time
 import psutil
 
 RAY_PROCESS_NAMES = ("gcs_server", "raylet")
+TOKEN = secrets.token_hex(32)  # one for the session: Ray's token loader keeps the first token it reads
 
 
-def ray_processes():
-    """The pids of every Ray process on the machine (others' too: callers compare before and after)."""
-    pids = set()
-    for process in psutil.process_iter(["name"]):
-        name = process.info["name"] or ""
+def ray_processes(pid):
+    """{pid: name} of the Ray processes among pid's descendants: those it started (a cluster's
+    processes are children of the driver that started it, its workers children of the raylet).
+    Other people's Ray processes on this machine are not ours to check."""
+    found = {}
+    for process in psutil.Process(pid).children(recursive=True):
+        try:
+            name = process.name()
+        except psutil.NoSuchProcess:
+            continue
         if name in RAY_PROCESS_NAMES or name.startswith("ray::"):
-            pids.add(process.pid)
-    return pids
+            found[process.pid] = name
+    return found
 
 
 def wait_until_gone(pids, timeout=30):
+    """The pids still alive after up to `timeout` seconds."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        alive = {pid for pid in pids if psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"}
-        if not alive:
-            return set()
+    while True:
+        alive = set()
+        for pid in pids:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                    alive.add(pid)
+        if not alive or time.monotonic() > deadline:
+            return alive
         time.sleep(0.2)
-    return alive
+
+
+def check_all_stopped(started):
+    assert {"gcs_server", "raylet"} <= set(started.values()), f"not a cluster's processes: {started}"
+    left = wait_until_gone(started)
+    assert not left, f"Ray processes left behind: {[started[pid] for pid in left]}"
 
 
 @contextlib.contextmanager
 def ray_environment():
     """The environment a local test cluster needs, set before Ray is imported and undone afterwards."""
-    changes = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "token",
-               "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+    changes = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": TOKEN}
     saved = {name: os.environ.get(name) for name in changes}
     os.environ.update(changes)
     try:
@@ -51,7 +66,6 @@ def ray_environment():
 @contextlib.contextmanager
 def local_cluster(num_cpus=2):
     """ray.init's own local cluster, this process its driver: yields its GCS address."""
-    before = ray_processes()
     with ray_environment():
         import ray
 
@@ -61,6 +75,30 @@ def local_cluster(num_cpus=2):
             assert [node["NodeManagerAddress"] for node in ray.nodes() if node["Alive"]] == ["127.0.0.1"]
             yield context.address_info["gcs_address"]
         finally:
+            started = ray_processes(os.getpid())
             ray.shutdown()
-    left = wait_until_gone(ray_processes() - before)
-    assert not left, f"Ray processes left behind: {left}"
+    check_all_stopped(started)
+
+
+@contextlib.contextmanager
+def two_node_cluster(cpus_per_node=1):
+    """ray.cluster_utils.Cluster: a head and one more node, both on this machine at 127.0.0.1; yields
+    the head's address, with this process connected to check the nodes."""
+    with ray_environment():
+        import ray
+        from ray.cluster_utils import Cluster
+
+        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": cpus_per_node,
+                                                                "include_dashboard": False})
+        try:
+            cluster.add_node(num_cpus=cpus_per_node)
+            cluster.wait_for_nodes()
+            cluster.connect()
+            nodes = [node["NodeManagerAddress"] for node in ray.nodes() if node["Alive"]]
+            assert nodes == ["127.0.0.1", "127.0.0.1"], nodes
+            yield cluster.address
+        finally:
+            started = ray_processes(os.getpid())
+            ray.shutdown()
+            cluster.shutdown()
+    check_all_stopped(started)

@@ -15,7 +15,7 @@ import time
 import pytest
 
 from conftest import REPO_DIR, symlinked_models_dir
-from ray_cluster import local_cluster, ray_processes, wait_until_gone
+from ray_cluster import check_all_stopped, local_cluster, ray_processes
 
 if importlib.util.find_spec("ray") is None:  # not imported here: Ray reads its settings from the environment once
     pytest.skip("Ray is not installed: pip install -r requirements-ray.txt", allow_module_level=True)
@@ -124,7 +124,6 @@ def test_ctrl_c_keeps_whole_records_leaves_no_ray_process_and_a_rerun_finishes_i
     args = ["--prompts_file", prompts, "--n_tokens_to_generate", 30, "--models_dir", models_dir]
     complete = run_cli(*args).stdout
     output = tmp_path / "out.jsonl"
-    before = ray_processes()
     env = dict(os.environ, GPT2_BASE_URL="http://127.0.0.1:9/gpt-2/models")
     for name in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"):
         env.pop(name, None)  # as a user runs it: the CLI sets up its own cluster's token
@@ -132,13 +131,13 @@ def test_ctrl_c_keeps_whole_records_leaves_no_ray_process_and_a_rerun_finishes_i
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and (not output.exists() or output.read_bytes().count(b"\n") < 20):
         time.sleep(0.05)
+    started = ray_processes(process.pid)  # its own cluster's, as they are just before the interrupt
     process.send_signal(signal.SIGINT)
     assert process.wait(timeout=60) == 130, process.stderr.read().decode()
     written = output.read_bytes()
     assert 20 <= written.count(b"\n") < 1200 and written.endswith(b"\n")
     assert complete.startswith(written)
-    left = wait_until_gone(ray_processes() - before)
-    assert not left, f"the interrupted run left Ray processes: {left}"
+    check_all_stopped(started)
     resumed = run_cli(*args, "--output", output, "--ray", cluster)
     assert resumed.returncode == 0, resumed.stderr.decode()
     assert output.read_bytes() == complete
