@@ -102,6 +102,15 @@ def test_a_head_that_does_not_answer_is_a_one_line_error(models_dir, tmp_path):
     assert b"no Ray head answers at 127.0.0.1:9" in result.stderr
 
 
+def test_a_wrong_token_is_a_one_line_error_that_says_which_token(cluster, models_dir, tmp_path):
+    env = dict(os.environ, RAY_AUTH_TOKEN="0" * 64)
+    result = subprocess.run(cli("--prompts_file", write_prompts(tmp_path / "p.txt", 2), "--models_dir", models_dir,
+                                "--ray", cluster), capture_output=True, env=env, timeout=120)
+    assert result.returncode == 1
+    assert result.stderr.decode().strip().count("\n") == 0, result.stderr.decode()
+    assert b"RAY_AUTH_TOKEN" in result.stderr
+
+
 def test_without_ray_the_error_says_how_to_install_it(models_dir, tmp_path):
     code = (f"import sys; sys.path.insert(0, {REPO_DIR!r}); sys.modules['ray'] = None; import cli; "
             "cli.main(sys.argv[1:])")
