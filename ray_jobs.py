@@ -177,6 +177,10 @@ def run(job: jobs.Job, first: int, out: BinaryIO, bar: Any, address: str | None,
     workers = []
     try:
         n_cpus = int(ray.cluster_resources().get("CPU", 1))
+        if n_workers is not None and n_workers * threads > n_cpus:  # the rest would never start, holding their chunks
+            most = max(1, n_cpus // threads)
+            raise GPT2Error(f"the Ray cluster has {n_cpus} CPUs: give at most --ray_workers {most} with --threads "
+                            f"{threads}, or add nodes")
         n_workers = n_workers or max(1, n_cpus // threads)
         remote = ray.remote(num_cpus=threads, max_restarts=MAX_RESTARTS, max_task_retries=MAX_RESTARTS)(ChunkWorker)
         workers = [remote.remote(source, threads) for _ in range(n_workers)]
