@@ -103,8 +103,9 @@ def complete_prompts(engine: Engine, prompts: list, encoded: list[list[int]], fi
 
 
 def scored_tokens(record: bytes) -> int:
-    head = record[: 80].split(b'"n_tokens_scored": ', 1)
-    return int(head[1].split(b",", 1)[0]) if len(head) == 2 else 0
+    """A corpus record's n_tokens_scored (0 for an error record); inside a JSON string the name's quotes are escaped."""
+    parts = record.split(b'"n_tokens_scored": ', 1)
+    return int(parts[1].split(b",", 1)[0]) if len(parts) == 2 else 0
 
 
 # ---------------------------------------------------------------- writing, in input order

@@ -14,11 +14,13 @@ as results arrive, start at any record when resuming, and bound how far ahead of
 unwritten chunk the workers run; a dict of pending chunk futures does all three in a few lines,
 and an actor's max_restarts with max_task_retries is exactly "restart the worker, redo its chunk".
 """
+import contextlib
 import dataclasses
 import os
 import secrets
 import socket
 import sys
+import tempfile
 from typing import Any, BinaryIO, Iterator
 
 import jobs
@@ -118,18 +120,48 @@ def connect(ray: Any, address: str | None, threads: int) -> None:
     runtime_env = {"working_dir": REPO_DIR, "excludes": CODE_ONLY}  # the code reaches every node; weights do not
     options = {"runtime_env": runtime_env, "include_dashboard": False, "log_to_driver": False,
                "logging_level": "WARNING", "configure_logging": True}
-    try:
-        if address is None:
-            ray.init(num_cpus=os.cpu_count(), _node_ip_address="127.0.0.1", **options)
-        else:
-            check_reachable(ray, address)
-            ray.init(address=address, **options)
-    except ray.exceptions.AuthenticationError as e:
-        raise GPT2Error(f"the Ray cluster at {address} refused this run's token ({first_line(e)}): set RAY_AUTH_TOKEN "
-                        "to the head's token (`ray get-auth-token` there)") from None
-    except (ConnectionError, RuntimeError, ValueError) as e:
-        raise GPT2Error(f"cannot connect to the Ray cluster at {address}: {first_line(e)}; start one with "
-                        "`ray start --head`, or give --ray without an address for a local one") from None
+    if address is not None:
+        check_reachable(ray, address)
+    with stderr_kept() as said:  # a head that refuses our token logs a line a second for 20 s, in C++
+        try:
+            if address is None:
+                ray.init(num_cpus=os.cpu_count(), _node_ip_address="127.0.0.1", **options)
+            else:
+                ray.init(address=address, **options)
+            failure = None
+        except (ConnectionError, RuntimeError, ValueError) as e:
+            failure = first_line(e)
+    said = said[0]
+    if failure is None:
+        sys.stderr.write(said)
+    elif address is None:
+        raise GPT2Error(f"cannot start a local Ray cluster: {failure}; run `ray stop` if an old one is stuck, "
+                        "or give --ray an address")
+    elif "Unauthenticated" in said or "AuthToken" in said:
+        raise GPT2Error(f"the Ray cluster at {address} refused this run's token: set RAY_AUTH_TOKEN to its token "
+                        "(`ray get-auth-token` on the head prints it)")
+    else:
+        raise GPT2Error(f"the Ray head at {address} answers but refused this run ({failure}): check that it runs "
+                        f"Ray {ray.__version__}, as here")
+
+
+@contextlib.contextmanager
+def stderr_kept() -> Iterator[list[str]]:
+    """Standard error's file descriptor sent to a temporary file for the block (C++ writes there too);
+    yields a list that holds what was written once the block is done."""
+    sys.stderr.flush()
+    said: list[str] = []
+    with tempfile.TemporaryFile() as kept:
+        saved = os.dup(2)
+        os.dup2(kept.fileno(), 2)
+        try:
+            yield said
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            kept.seek(0)
+            said.append(kept.read().decode("utf-8", "replace"))
 
 
 def first_line(error: Exception) -> str:
@@ -145,6 +177,10 @@ def run(job: jobs.Job, first: int, out: BinaryIO, bar: Any, address: str | None,
     workers = []
     try:
         n_cpus = int(ray.cluster_resources().get("CPU", 1))
+        if n_workers is not None and n_workers * threads > n_cpus:  # the rest would never start, holding their chunks
+            most = max(1, n_cpus // threads)
+            raise GPT2Error(f"the Ray cluster has {n_cpus} CPUs: give at most --ray_workers {most} with --threads "
+                            f"{threads}, or add nodes")
         n_workers = n_workers or max(1, n_cpus // threads)
         remote = ray.remote(num_cpus=threads, max_restarts=MAX_RESTARTS, max_task_retries=MAX_RESTARTS)(ChunkWorker)
         workers = [remote.remote(source, threads) for _ in range(n_workers)]

@@ -95,11 +95,27 @@ def test_workers_report_their_memory(cluster, models_dir, tmp_path):
     assert b"ray: 2 workers; memory per worker in MiB, RSS " in result.stderr, result.stderr.decode()
 
 
+def test_more_workers_than_the_cluster_has_cpus_is_a_one_line_error(cluster, models_dir, tmp_path):
+    result = run_cli("--prompts_file", write_prompts(tmp_path / "p.txt", 2), "--models_dir", models_dir,
+                     "--ray", cluster, "--ray_workers", 3)
+    assert result.returncode == 1 and result.stderr.decode().strip().count("\n") == 0, result.stderr.decode()
+    assert b"the Ray cluster has 2 CPUs: give at most --ray_workers 2 with --threads 1" in result.stderr
+
+
 def test_a_head_that_does_not_answer_is_a_one_line_error(models_dir, tmp_path):
     result = run_cli("--prompts_file", write_prompts(tmp_path / "p.txt", 2), "--models_dir", models_dir,
                      "--ray", "127.0.0.1:9")
     assert result.returncode == 1 and result.stderr.decode().strip().count("\n") == 0
     assert b"no Ray head answers at 127.0.0.1:9" in result.stderr
+
+
+def test_a_wrong_token_is_a_one_line_error_that_says_which_token(cluster, models_dir, tmp_path):
+    env = dict(os.environ, RAY_AUTH_TOKEN="0" * 64)
+    result = subprocess.run(cli("--prompts_file", write_prompts(tmp_path / "p.txt", 2), "--models_dir", models_dir,
+                                "--ray", cluster), capture_output=True, env=env, timeout=120)
+    assert result.returncode == 1
+    assert result.stderr.decode().strip().count("\n") == 0, result.stderr.decode()
+    assert b"RAY_AUTH_TOKEN" in result.stderr
 
 
 def test_without_ray_the_error_says_how_to_install_it(models_dir, tmp_path):
