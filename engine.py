@@ -25,7 +25,10 @@ import sampling
 from continuation import Continuation
 from settings import Settings
 
-PREFILL_CHUNK = 128  # prompt tokens run per step while other requests are generating
+# prompt tokens run per step while other requests are generating: at 124M a 64-token chunk costs about as
+# much as two steps of 8 generating rows (16 GFLOP against 475 MB of weights read at ~8 GB/s), so their
+# next token comes within about 3x their usual step (bench/engine_bench.py measures it)
+PREFILL_CHUNK = 64
 PASS_TOKENS = 4096  # prompt tokens run in one pass when none is generating (bounds the activations' memory)
 LOGPROB_ROWS = 256  # the head runs on this many prompt positions at a time for echoed logprobs
 
