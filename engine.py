@@ -25,10 +25,9 @@ import sampling
 from continuation import Continuation
 from settings import Settings
 
-# prompt tokens run per step while other requests are generating: at 124M a 64-token chunk costs about as
-# much as two steps of 8 generating rows (16 GFLOP against 475 MB of weights read at ~8 GB/s), so their
-# next token comes within about 3x their usual step (bench/engine_bench.py measures it)
-PREFILL_CHUNK = 64
+# prompt tokens run per step while other requests are generating: measured at 124M with 7 rows generating
+# (bench/engine_bench.py), 64-token chunks made their step 3.6x its usual time; 32 keeps it within 3x
+PREFILL_CHUNK = 32
 PASS_TOKENS = 4096  # prompt tokens run in one pass when none is generating (bounds the activations' memory)
 LOGPROB_ROWS = 256  # the head runs on this many prompt positions at a time for echoed logprobs
 
