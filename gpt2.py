@@ -19,6 +19,7 @@ import numpy as np
 from errors import ContextError
 
 SCORE_FLOOR = np.float32(-80)  # below the row's largest score; exp(-80) = 1.8e-35 is still a normal float32
+QUERY_BLOCK = 64  # queries per block in causal_attention: a block computes at most 63 scores per query it need not
 
 
 def gelu(x):
@@ -83,6 +84,31 @@ def attention_weights(q, keys, mask):  # [H, T, D], [H, D, K], [T, K] or None ->
     np.exp(scores, out=scores)
     scores /= np.add.reduce(scores, axis=-1, keepdims=True)
     return scores
+
+
+def causal_attention(q, keys, values, mask, trace=None):  # [H, T, D], [H, D, K], [H, K, D], [T, K] or None -> [H, T, D]
+    """attention_weights(q, keys, mask) @ values, QUERY_BLOCK queries at a time: the keys after a
+    block's last query are masked for all of its queries, so the block leaves them out. Over a long
+    prompt that skips nearly half the scores, and their exp, the costliest step of the softmax.
+    A trace is shown the whole [H, T, K] weights, masked ones 0, as if computed at once."""
+    n_new, n_kv = q.shape[1], keys.shape[-1]
+    if n_new <= QUERY_BLOCK:  # a decoding step's one query (mask None) or a short chunk: one block
+        weights = attention_weights(q, keys, mask)  # [H, T, K]
+        if trace is not None:  # explain.py looks at the attention weights the model really used
+            trace.attention(weights)
+        return weights @ values  # [H, T, K] @ [H, K, D] -> [H, T, D]
+    out = np.empty(q.shape, dtype=np.float32)
+    recorded = None if trace is None else np.zeros((len(q), n_new, n_kv), dtype=np.float32)  # [H, T, K]
+    for begin in range(0, n_new, QUERY_BLOCK):
+        end = min(begin + QUERY_BLOCK, n_new)
+        seen = n_kv - n_new + end  # the block's last query sees keys 0 .. seen - 1
+        weights = attention_weights(q[:, begin:end], keys[..., :seen], mask[begin:end, :seen])  # [H, T', K']
+        out[:, begin:end] = weights @ values[:, :seen]  # [H, T', K'] @ [H, K', D] -> [H, T', D]
+        if recorded is not None:
+            recorded[:, begin:end, :seen] = weights
+    if trace is not None:
+        trace.attention(recorded)
+    return out
 
 
 def causal_mask(n_seq, start):  # -> [n_seq, start + n_seq]
@@ -197,12 +223,10 @@ class Batch:
                 keys, values = np.ascontiguousarray(k[:, begin:end].swapaxes(-1, -2)), v[:, begin:end]
             else:
                 keys, values = cache.remember(layer, start, k[:, begin:end], v[:, begin:end])
-            weights = attention_weights(q[:, begin:end], keys, mask)  # [H, T, K]
-            if self.trace is not None:  # explain.py looks at the attention weights the model really used
-                self.trace.attention(weights)
+            attended = causal_attention(q[:, begin:end], keys, values, mask, self.trace)  # [H, T, D]
             if out is None:
-                return weights @ values  # [H, T, K] @ [H, K, D] -> [H, T, D]
-            out[:, begin:end] = weights @ values
+                return attended
+            out[:, begin:end] = attended
             begin = end
         return out
 

@@ -99,6 +99,51 @@ def test_sequences_batched_together_get_the_logits_each_gets_alone():
         begin += len(sequence)
 
 
+def test_attention_in_query_blocks_equals_attention_at_once_for_every_block_size_and_offset():
+    """causal_attention skips the keys after each block's last query; the skipped weights are exactly
+    0 at once, so only round-off may differ: 1e-6 on weights of at most 1 and unit-variance values."""
+    rng = np.random.default_rng(0)
+    n_head, head_dim = 3, 8
+    for n_new, start in ((20, 0), (20, 7), (7, 13)):
+        q = rng.standard_normal((n_head, n_new, head_dim), dtype=np.float32)
+        keys = rng.standard_normal((n_head, head_dim, start + n_new), dtype=np.float32)
+        values = rng.standard_normal((n_head, start + n_new, head_dim), dtype=np.float32)
+        mask = gpt2.causal_mask(n_new, start)
+        at_once = gpt2.attention_weights(q, keys, mask) @ values
+        for block in (1, 3, 5, 64):
+            with pytest.MonkeyPatch.context() as patch:
+                patch.setattr(gpt2, "QUERY_BLOCK", block)
+                blocked = gpt2.causal_attention(q, keys, values, mask)
+            assert blocked.dtype == np.float32
+            np.testing.assert_allclose(blocked, at_once, rtol=0, atol=1e-6, err_msg=f"{n_new=} {start=} {block=}")
+
+
+def test_logits_in_query_blocks_match_stored_transformers_reference(fixture_name, monkeypatch):
+    """The fixtures' contexts (32 and 64) fit in one 64-query block; blocks of 5 make every long
+    enough pass run in blocks, partial last block included. Same tolerance as at once."""
+    monkeypatch.setattr(gpt2, "QUERY_BLOCK", 5)
+    hparams, params = load_fixture(fixture_name)
+    ref = stored_reference(fixture_name)
+    tokens = ref["tokens"].tolist()
+    for length in (6, 11, hparams["n_ctx"]):
+        logits = gpt2.gpt2(tokens[:length], **params, n_head=hparams["n_head"])
+        ours, expected = logits[:, ref["columns"]], ref["logits_columns"][:length]
+        assert np.abs(ours - expected).max() <= ATOL, f"length {length}: {report(ours, expected)}"
+
+
+def test_a_chunk_after_cached_tokens_runs_in_query_blocks_with_the_logits_of_one_pass(monkeypatch):
+    """A 17-token chunk after 9 cached tokens, in blocks of 4: each block's keys run to its last
+    query's position, 9 + its end. 1e-4, as for the cache."""
+    hparams, params = load_fixture("tiny-b")
+    tokens = reference.reference_tokens(hparams["n_vocab"], 26, seed=3)
+    whole = gpt2.transformer(tokens, **params, n_head=hparams["n_head"])
+    monkeypatch.setattr(gpt2, "QUERY_BLOCK", 4)
+    cache = gpt2.KVCache(params, hparams["n_head"], 26)
+    first = gpt2.transformer(tokens[:9], **params, n_head=hparams["n_head"], batch=gpt2.Batch([9], [cache]))
+    rest = gpt2.transformer(tokens[9:], **params, n_head=hparams["n_head"], batch=gpt2.Batch([17], [cache]))
+    assert np.abs(np.concatenate([first, rest]) - whole).max() <= ATOL
+
+
 def test_logits_are_float32_with_shape_n_seq_by_n_vocab(fixture_name):
     hparams, params = load_fixture(fixture_name)
     logits = gpt2.gpt2([1, 2, 3], **params, n_head=hparams["n_head"])
