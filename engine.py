@@ -122,8 +122,7 @@ class Engine:
         ending = [request for request in self.running if request.done]  # max_tokens 0: nothing to generate
         chunks = self.schedule()
         if chunks:
-            x = self.forward(chunks)  # [N, n_embd]
-            ends = np.cumsum([len(tokens) for _, tokens in chunks]) - 1
+            x, ends = self.forward(chunks)  # [R, n_embd], and where each chunk's last row is in it
             ready = [(request, end) for (request, _), end in zip(chunks, ends) if not request.pending]
             for request, _ in ready:
                 if request.done:  # echo with max_tokens 0: the prompt's logprobs were all it wanted
@@ -164,17 +163,24 @@ class Engine:
             chunks.append((request, request.pending[:n]))
         return chunks
 
-    def forward(self, chunks: list[tuple[Request, list[int]]]) -> np.ndarray:  # -> [N, n_embd]
-        batch = gpt2.Batch([len(tokens) for _, tokens in chunks], [request.cache for request, _ in chunks])
-        inputs = [token for _, tokens in chunks for token in tokens]  # [N]
-        x = gpt2.transformer(inputs, **self.params, n_head=self.n_head, batch=batch)  # [N] -> [N, n_embd]
-        begin = 0
+    def forward(self, chunks: list[tuple[Request, list[int]]]) -> tuple[np.ndarray, list[int]]:  # -> [R, n_embd]
+        """One pass over the chunks; the hidden states of only the rows this step reads (each chunk's last,
+        and every row of an echoed prompt's chunk), and where each chunk's last row is among them."""
+        wanted, ends, begin = [], [], 0
         for request, tokens in chunks:
-            if request.echo_logprobs and request.in_prompt:
-                self.add_prompt_logprobs(request, x[begin : begin + len(tokens)], len(tokens))
-            request.pending = request.pending[len(tokens) :]
+            every_row = request.echo_logprobs and request.in_prompt
+            wanted += range(begin, begin + len(tokens)) if every_row else [begin + len(tokens) - 1]
+            ends.append(len(wanted) - 1)
             begin += len(tokens)
-        return x
+        batch = gpt2.Batch([len(tokens) for _, tokens in chunks], [request.cache for request, _ in chunks],
+                           outputs=wanted)
+        inputs = [token for _, tokens in chunks for token in tokens]  # [N]
+        x = gpt2.transformer(inputs, **self.params, n_head=self.n_head, batch=batch)  # [N] -> [R, n_embd]
+        for (request, tokens), end in zip(chunks, ends):
+            if request.echo_logprobs and request.in_prompt:
+                self.add_prompt_logprobs(request, x[end + 1 - len(tokens) : end + 1], len(tokens))
+            request.pending = request.pending[len(tokens) :]
+        return x, ends
 
     def add_prompt_logprobs(self, request: Request, x: np.ndarray, n: int) -> None:  # [n, n_embd]
         """The log-probability of each prompt token after the first (and the top alternatives), as --score

@@ -120,32 +120,37 @@ def causal_mask(n_seq, start):  # -> [n_seq, start + n_seq]
     return np.where(visible, np.float32(0), np.float32(-np.inf))
 
 
-def mha(x, c_attn, c_proj, n_head, attend):  # [N, E] -> [N, E]
+def mha(x, c_attn, c_proj, n_head, attend, rows=None):  # [N, E] -> [N, E] (rows given: [R, E])
     qkv = linear(x, **c_attn)  # [N, E] -> [N, 3*E]
     q, k, v = qkv.reshape(len(x), 3, n_head, -1).transpose(1, 2, 0, 3)  # -> 3 x [H, N, D]
     out = attend(q, k, v)  # each sequence's queries against its own keys, all heads at once: [H, N, D]
-    return linear(out.transpose(1, 0, 2).reshape(x.shape), **c_proj)  # [H, N, D] -> [N, E] -> [N, E]
+    if rows is not None:  # only these rows go on; every row's keys and values are stored by now
+        out = out[:, rows]  # [H, N, D] -> [H, R, D]
+    return linear(out.transpose(1, 0, 2).reshape(out.shape[1], -1), **c_proj)  # [H, R, D] -> [R, E] -> [R, E]
 
 
-def transformer_block(x, mlp, attn, ln_1, ln_2, n_head, attend):  # [N, E] -> [N, E]
+def transformer_block(x, mlp, attn, ln_1, ln_2, n_head, attend, rows=None):  # [N, E] -> [N, E] (rows: [R, E])
     # pre-norm: each half reads a layer-normed x and adds its output to x, the residual stream
-    x = x + mha(layer_norm(x, **ln_1), **attn, n_head=n_head, attend=attend)
+    x = (x if rows is None else x[rows]) + mha(layer_norm(x, **ln_1), **attn, n_head=n_head, attend=attend, rows=rows)
     x += ffn(layer_norm(x, **ln_2), **mlp)  # in place: this x is the new array made just above
     return x
 
 
-def transformer(inputs, wte, wpe, blocks, ln_f, n_head, batch=None, lm_head=None):  # [N] -> [N, E]
+def transformer(inputs, wte, wpe, blocks, ln_f, n_head, batch=None, lm_head=None):  # [N] -> [N, E] or [R, E]
     """The hidden states after the final layer norm of the new tokens of one or more sequences.
 
     inputs holds every sequence's new tokens one after another; batch (a Batch) says which belong
-    to which sequence, at which positions, and where their keys and values are kept. Without a
-    batch, inputs is one whole sequence and nothing is kept. (lm_head, an untied output head,
-    is the callers' business: see head.)
+    to which sequence, at which positions, where their keys and values are kept, and which rows the
+    caller wants (batch.outputs; all if None). Without a batch, inputs is one whole sequence and
+    nothing is kept. (lm_head, an untied output head, is the callers' business: see head.)
     """
     batch = Batch([len(inputs)]) if batch is None else batch
     x = wte[np.asarray(inputs)] + wpe[batch.positions]  # [N] -> [N, E]
     for layer, block in enumerate(blocks):
-        x = transformer_block(x, **block, n_head=n_head, attend=batch.attend_function(layer))
+        # The last block's keys and values are the last that anything reads, so from its attention on
+        # only the wanted rows go on: a prompt pass that wants one row skips 3/4 of that block's products.
+        rows = batch.outputs if layer == len(blocks) - 1 else None
+        x = transformer_block(x, **block, n_head=n_head, attend=batch.attend_function(layer), rows=rows)
         if batch.trace is not None:  # explain.py looks at the residual stream after each block
             batch.trace.residual(x)
     return layer_norm(x, **ln_f)
@@ -202,12 +207,16 @@ class KVCache:
 
 class Batch:
     """The sequences of one forward pass: how many new tokens each has (they follow one another in
-    the pass's rows), and each one's KVCache (None: attend over this pass's own tokens only).
-    Building a Batch claims the new tokens' positions in the caches. A trace, if given, is shown
+    the pass's rows), and each one's KVCache (None: attend over this pass's own tokens only), and
+    which rows' hidden states the caller wants (outputs: their indices; None: all). Building a
+    Batch claims the new tokens' positions in the caches. A trace, if given, is shown
     each layer's attention weights and the residual stream after each block (explain.py)."""
 
-    def __init__(self, lengths, caches=None, trace=None):
+    def __init__(self, lengths, caches=None, trace=None, outputs=None):
         self.caches = caches or [None] * len(lengths)
+        if outputs is not None and len(outputs) == sum(lengths):  # every row (as in a decoding step): no copies
+            outputs = None
+        self.outputs = None if outputs is None else np.asarray(outputs)  # the rows the caller wants, in order
         self.starts = [0 if cache is None else cache.claim(n) for cache, n in zip(self.caches, lengths)]
         self.ends = np.cumsum(lengths).tolist()  # where each sequence's rows end
         self.positions = np.concatenate([np.arange(start, start + n) for start, n in zip(self.starts, lengths)])
@@ -264,7 +273,8 @@ def generate_steps(inputs, params, n_head, n_tokens_to_generate, pick=np.argmax,
     head_t = head(**params).T  # [n_embd, n_vocab], a view
     window = pending = list(inputs)  # the tokens the model sees; those not yet in the cache
     for step in range(n_tokens_to_generate):
-        x = transformer(pending, **params, n_head=n_head, batch=Batch([len(pending)], [cache]))  # [T, n_embd]
+        batch = Batch([len(pending)], [cache], outputs=[len(pending) - 1])  # only the last row is needed
+        x = transformer(pending, **params, n_head=n_head, batch=batch)  # [T] -> [1, n_embd]
         logits = x[-1] @ head_t  # [n_embd] -> [n_vocab]
         token = int(pick(logits))
         yield token, logits

@@ -160,6 +160,31 @@ def test_a_chunk_after_cached_tokens_runs_in_query_blocks_with_the_logits_of_one
     assert np.abs(np.concatenate([first, rest]) - whole).max() <= ATOL
 
 
+def test_a_pass_that_wants_some_rows_gives_those_rows_and_fills_the_caches_as_a_whole_pass():
+    """Two sequences, rows 3, 4 and 9 wanted: only the last block drops rows, after every key and value
+    is stored, so the rows equal a whole pass's and so does the next step on those caches (1e-5:
+    products over fewer rows may round differently, and nothing else changes)."""
+    hparams, params = load_fixture("tiny-b")
+    n_head = hparams["n_head"]
+    sequences = [reference.reference_tokens(hparams["n_vocab"], n, seed=n) for n in (5, 6)]
+    results = {}
+    for outputs in (None, [3, 4, 9]):
+        caches = [gpt2.KVCache(params, n_head, 8) for _ in sequences]
+        x = gpt2.transformer(sum(sequences, []), **params, n_head=n_head,
+                             batch=gpt2.Batch([5, 6], caches, outputs=outputs))
+        step = gpt2.transformer([7, 8], **params, n_head=n_head, batch=gpt2.Batch([1, 1], caches))
+        results[outputs is None] = x, step
+    (whole, whole_step), (some, some_step) = results[True], results[False]
+    assert some.shape == (3, hparams["n_embd"]) and some.dtype == np.float32
+    assert np.abs(some - whole[[3, 4, 9]]).max() <= 1e-5
+    assert np.abs(some_step - whole_step).max() <= 1e-5
+
+
+def test_a_batch_that_wants_every_row_selects_none():
+    assert gpt2.Batch([2, 1], outputs=[0, 1, 2]).outputs is None, "a decoding step must not copy its rows"
+    assert gpt2.Batch([2, 1], outputs=[1, 2]).outputs.tolist() == [1, 2]
+
+
 def test_logits_are_float32_with_shape_n_seq_by_n_vocab(fixture_name):
     hparams, params = load_fixture(fixture_name)
     logits = gpt2.gpt2([1, 2, 3], **params, n_head=hparams["n_head"])
