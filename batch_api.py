@@ -17,7 +17,7 @@ import json
 from typing import Any, NamedTuple
 
 import openai_api
-from cli_files import read_text
+from cli_files import could_start_with, read_text
 from openai_api import ApiError
 
 URL = "/v1/completions"
@@ -142,5 +142,4 @@ def is_record_of(data: bytes, line: BatchLine) -> bool:
 
 
 def could_start_record_of(cut_off: bytes, line: BatchLine) -> bool:
-    head = record_head(line)
-    return b"\n" not in cut_off and (cut_off.startswith(head) or head.startswith(cut_off))
+    return could_start_with(cut_off, record_head(line))

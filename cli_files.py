@@ -165,6 +165,12 @@ def could_start_record_of(cut_off: bytes, prompt: Prompt) -> bool:
     return regex.fullmatch(regex.escape(head) + string_rest + tokens, cut_off, partial=True) is not None
 
 
+def could_start_with(cut_off: bytes, head: bytes) -> bool:
+    """Whether a last line without its newline can be the start of a record that begins with `head`
+    (a record whose fields after its head may hold anything JSON can)."""
+    return b"\n" not in cut_off and (cut_off.startswith(head) or head.startswith(cut_off))
+
+
 @contextlib.contextmanager
 def interrupts_held() -> Iterator[None]:
     """Ctrl-C (SIGINT) waits until the block is done; it is delivered, as KeyboardInterrupt, right after."""

@@ -13,7 +13,7 @@ from typing import Any, Iterator, NamedTuple
 import numpy as np
 
 import gpt2
-from cli_files import read_text
+from cli_files import could_start_with, read_text
 from errors import GPT2Error
 
 PACK_TOKENS = 4096  # short documents' tokens per forward pass (bounds the activations' memory, ~50 MB for 124M)
@@ -77,23 +77,26 @@ def per_token(encoder: Any, tokens: list[int], logprobs: np.ndarray) -> list[dic
 
 
 def score_documents(documents: list[Document], encoder: Any, params: dict, n_head: int, stride: int,
-                    with_tokens: bool) -> list[bytes]:
-    """Each document's record, in order. Short documents are packed into passes of PACK_TOKENS tokens
-    in their order, so the same documents always make the same passes (and the same float32 bits)."""
+                    with_tokens: bool) -> tuple[list[bytes], int]:
+    """Each document's record, in order, and the number of tokens scored. Short documents are packed
+    into passes of PACK_TOKENS tokens in their order, so the same documents always make the same
+    passes (and the same float32 bits)."""
     n_ctx = params["wpe"].shape[0]
     encoded: list[list[int] | None] = [None if d.text is None else encoder.encode(d.text) for d in documents]
     logprobs: dict[int, np.ndarray] = {}
     pack: list[int] = []
+    packed = 0  # the pack's tokens
     for i, tokens in enumerate(encoded):
         if tokens is None or len(tokens) < 2:
             continue
         if len(tokens) > n_ctx:
             logprobs[i] = gpt2.token_logprobs(tokens, params, n_head, stride)
             continue
-        if sum(len(encoded[j]) for j in pack) + len(tokens) > PACK_TOKENS:
+        if packed + len(tokens) > PACK_TOKENS:
             logprobs.update(score_pack([encoded[j] for j in pack], pack, params, n_head))
-            pack = []
+            pack, packed = [], 0
         pack.append(i)
+        packed += len(tokens)
     if pack:
         logprobs.update(score_pack([encoded[j] for j in pack], pack, params, n_head))
     records = []
@@ -108,7 +111,7 @@ def score_documents(documents: list[Document], encoder: Any, params: dict, n_hea
         else:
             error = f"the text has {len(tokens)} token: scoring needs at least 2, so give a longer text"
             records.append(record(document, {"error": error}))
-    return records
+    return records, sum(map(len, logprobs.values()))
 
 
 def score_pack(texts: list[list[int]], indices: list[int], params: dict, n_head: int) -> Iterator[tuple]:
@@ -147,5 +150,4 @@ def is_record_of(line: bytes, document: Document) -> bool:
 
 def could_start_record_of(cut_off: bytes, document: Document) -> bool:
     """Whether `cut_off` (a last line without its newline) can be the start of this document's record."""
-    head = record_head(document)
-    return b"\n" not in cut_off and (cut_off.startswith(head) or head.startswith(cut_off))
+    return could_start_with(cut_off, record_head(document))

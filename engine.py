@@ -166,9 +166,9 @@ class Engine:
     def forward(self, chunks: list[tuple[Request, list[int]]]) -> tuple[np.ndarray, list[int]]:  # -> [R, n_embd]
         """One pass over the chunks; the hidden states of only the rows this step reads (each chunk's last,
         and every row of an echoed prompt's chunk), and where each chunk's last row is among them."""
+        echoed = [request.echo_logprobs and request.in_prompt for request, _ in chunks]  # these need every row
         wanted, ends, begin = [], [], 0
-        for request, tokens in chunks:
-            every_row = request.echo_logprobs and request.in_prompt
+        for (_, tokens), every_row in zip(chunks, echoed):
             wanted += range(begin, begin + len(tokens)) if every_row else [begin + len(tokens) - 1]
             ends.append(len(wanted) - 1)
             begin += len(tokens)
@@ -176,8 +176,8 @@ class Engine:
                            outputs=wanted)
         inputs = [token for _, tokens in chunks for token in tokens]  # [N]
         x = gpt2.transformer(inputs, **self.params, n_head=self.n_head, batch=batch)  # [N] -> [R, n_embd]
-        for (request, tokens), end in zip(chunks, ends):
-            if request.echo_logprobs and request.in_prompt:
+        for (request, tokens), end, every_row in zip(chunks, ends, echoed):
+            if every_row:
                 self.add_prompt_logprobs(request, x[end + 1 - len(tokens) : end + 1], len(tokens))
             request.pending = request.pending[len(tokens) :]
         return x, ends

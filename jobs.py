@@ -70,9 +70,8 @@ def compute_chunk(job: Job, model: Model, begin: int, end: int) -> Chunk:
     """The records of items[begin:end]: the same bytes wherever and whenever it runs."""
     items = job.items[begin - job.offset : end - job.offset]
     if job.kind == "corpus":
-        records = corpus.score_documents(items, model.encoder, model.params, model.hparams["n_head"],
-                                         job.options["stride"], job.options["json"])
-        return Chunk(begin, records, sum(scored_tokens(record) for record in records))
+        return Chunk(begin, *corpus.score_documents(items, model.encoder, model.params, model.hparams["n_head"],
+                                                    job.options["stride"], job.options["json"]))
     engine = Engine(model.params, model.hparams["n_head"], model.encoder.eot_token, model.encoder.decode_bytes,
                     max_rows=job.options["batch_size"])
     if job.kind == "batch":
@@ -100,12 +99,6 @@ def complete_prompts(engine: Engine, prompts: list, encoded: list[list[int]], fi
     records = [completion_record(p.line, p.text, r.continuation.text, r.continuation.tokens)
                for p, r in zip(prompts, requests)]
     return records, sum(len(r.continuation.tokens) for r in requests)
-
-
-def scored_tokens(record: bytes) -> int:
-    """A corpus record's n_tokens_scored (0 for an error record); inside a JSON string the name's quotes are escaped."""
-    parts = record.split(b'"n_tokens_scored": ', 1)
-    return int(parts[1].split(b",", 1)[0]) if len(parts) == 2 else 0
 
 
 # ---------------------------------------------------------------- writing, in input order

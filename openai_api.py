@@ -199,13 +199,12 @@ def request_rows(parsed: CompletionRequest, default_seed: list | None = None) ->
     settings = parsed.settings
     if parsed.best_of > parsed.n and settings.logprobs is None:
         settings = settings.with_changes(logprobs=0)  # best_of ranks rows by their total logprob
+    base = default_seed if settings.seed is None else [settings.seed]
     rows = []
     for p, prompt in enumerate(parsed.prompts):
         for c in range(parsed.best_of):
             index = p * parsed.best_of + c
-            seed = [settings.seed, index] if settings.seed is not None else \
-                None if default_seed is None else [*default_seed, index]
-            rows.append((prompt, settings, seed, (p, c)))
+            rows.append((prompt, settings, None if base is None else [*base, index], (p, c)))
     return rows
 
 

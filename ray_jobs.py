@@ -116,7 +116,7 @@ def check_reachable(ray: Any, address: str) -> None:
             from None
 
 
-def connect(ray: Any, address: str | None, threads: int) -> None:
+def connect(ray: Any, address: str | None) -> None:
     runtime_env = {"working_dir": REPO_DIR, "excludes": CODE_ONLY}  # the code reaches every node; weights do not
     options = {"runtime_env": runtime_env, "include_dashboard": False, "log_to_driver": False,
                "logging_level": "WARNING", "configure_logging": True}
@@ -173,7 +173,7 @@ def run(job: jobs.Job, first: int, out: BinaryIO, bar: Any, address: str | None,
     """Run the job's chunks on the cluster (a local one if address is None) and write their records;
     the workers' memory, measured after their last chunk. Ctrl-C ends the workers (and a local cluster)."""
     ray = import_ray(address)
-    connect(ray, address, threads)
+    connect(ray, address)
     workers = []
     try:
         n_cpus = int(ray.cluster_resources().get("CPU", 1))

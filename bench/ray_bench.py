@@ -54,9 +54,8 @@ def corpus_figures(model_dir: str, config: dict, work: str) -> dict:
     started = time.perf_counter()
     n_tokens = 0
     for begin in range(0, len(documents), CHUNK):
-        for record in corpus.score_documents(documents[begin : begin + CHUNK], encoder, params, hparams["n_head"],
-                                             stride, with_tokens=False):
-            n_tokens += json.loads(record)["n_tokens_scored"]
+        n_tokens += corpus.score_documents(documents[begin : begin + CHUNK], encoder, params, hparams["n_head"],
+                                           stride, with_tokens=False)[1]
     packed = n_tokens / (time.perf_counter() - started)
     started, alone_tokens = time.perf_counter(), 0
     for text in texts[: config["alone"]]:

@@ -10,7 +10,8 @@ streaming requests of 64 new tokens one after another for a fixed time; the figu
 aggregate new tokens per second (from each stream's usage) and the time to the first token
 (p50, p95). Ours is also set against the engine's own in-process rate at 32 rows
 (bench/engine_bench.py): in turn, a window of our server kept busy by 32 clients (its own count of
-generated tokens, from /metrics) and an in-process run just after it, the median of their ratios.
+generated tokens, from /metrics), then in-process runs with the same load and decoding only; the
+check is the median ratio to the same load.
 """
 import argparse
 import json

@@ -1,6 +1,7 @@
 """Shared fixtures: the committed OpenAI-format test models and the repository on sys.path."""
 import fcntl
 import io
+import json
 import os
 import pty
 import shutil
@@ -46,6 +47,20 @@ def copied_model_dir(tmp_path):
 def offline(monkeypatch):
     """Point downloads at a closed local port, so a test can never reach the internet."""
     monkeypatch.setenv(download.BASE_URL_ENV, "http://127.0.0.1:9/gpt-2/models")
+
+
+OFFLINE_ENV = {download.BASE_URL_ENV: "http://127.0.0.1:9/gpt-2/models"}  # a closed port: never the internet
+
+
+def run_gpt2(*args, timeout=120, stdin=None):
+    """`python gpt2.py ARGS` in a fresh process, offline; its CompletedProcess (stdout and stderr as bytes)."""
+    return subprocess.run([sys.executable, os.path.join(REPO_DIR, "gpt2.py"), *map(str, args)],
+                          capture_output=True, env=dict(os.environ, **OFFLINE_ENV), timeout=timeout, input=stdin)
+
+
+def json_lines(data):
+    """The records of JSON Lines output, bytes."""
+    return [json.loads(line) for line in data.decode("utf-8").splitlines()]
 
 
 def symlinked_models_dir(tmp_path_factory, sizes):

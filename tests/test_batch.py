@@ -12,7 +12,7 @@ import pytest
 
 import gpt2
 import reference
-from conftest import REPO_DIR, engine_completions, load_fixture, symlinked_models_dir
+from conftest import REPO_DIR, engine_completions, json_lines, load_fixture, run_gpt2, symlinked_models_dir
 from encoder import get_encoder
 from engine import Engine
 from settings import Settings
@@ -74,20 +74,10 @@ def models_dir(tmp_path_factory):
     return symlinked_models_dir(tmp_path_factory, {"124M": "tiny-b"})
 
 
-def run_cli(*args, timeout=120):
-    env = dict(os.environ, GPT2_BASE_URL="http://127.0.0.1:9/gpt-2/models")
-    return subprocess.run([sys.executable, os.path.join(REPO_DIR, "gpt2.py"), *map(str, args)],
-                          capture_output=True, env=env, timeout=timeout)
-
-
 def write_prompts(path, prompts, as_json=False):
     lines = [json.dumps({"prompt": p, "id": i}) if as_json else p for i, p in enumerate(prompts)]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
-
-
-def records(data):
-    return [json.loads(line) for line in data.decode("utf-8").splitlines()]
 
 
 def expected_records(encoder, prompts, n_new, line_numbers=None):
@@ -105,17 +95,18 @@ def expected_records(encoder, prompts, n_new, line_numbers=None):
 def test_prompts_file_prints_one_json_line_per_prompt_in_input_order(models_dir, encoder, tmp_path):
     prompts = [p for p in PROMPTS if p]  # an empty line is skipped, not an empty prompt
     path = write_prompts(tmp_path / "prompts.txt", prompts)
-    result = run_cli("--prompts_file", path, "--n_tokens_to_generate", 8, "--models_dir", models_dir, "--batch_size", 3)
+    result = run_gpt2("--prompts_file", path, "--n_tokens_to_generate", 8, "--models_dir", models_dir,
+                      "--batch_size", 3)
     assert result.returncode == 0, result.stderr.decode()
-    assert records(result.stdout) == expected_records(encoder, prompts, 8)
+    assert json_lines(result.stdout) == expected_records(encoder, prompts, 8)
 
 
 def test_jsonl_prompts_file_reads_the_prompt_field(models_dir, encoder, tmp_path):
     prompts = ["line one", "with a\nnewline inside", ""]  # JSON can carry what a text line cannot
     path = write_prompts(tmp_path / "prompts.jsonl", prompts, as_json=True)
-    result = run_cli("--prompts_file", path, "--n_tokens_to_generate", 6, "--models_dir", models_dir)
+    result = run_gpt2("--prompts_file", path, "--n_tokens_to_generate", 6, "--models_dir", models_dir)
     assert result.returncode == 0, result.stderr.decode()
-    assert records(result.stdout) == expected_records(encoder, prompts, 6)
+    assert json_lines(result.stdout) == expected_records(encoder, prompts, 6)
 
 
 def test_batch_size_does_not_change_the_output(models_dir, tmp_path):
@@ -124,17 +115,17 @@ def test_batch_size_does_not_change_the_output(models_dir, tmp_path):
     top_k 10 keeps those boundaries ~0.1 apart (the fixture's full distribution is nearly flat,
     ~2e-5 apart, where round-off does decide draws)."""
     path = write_prompts(tmp_path / "prompts.txt", [p for p in PROMPTS if p])
-    outputs = [run_cli("--prompts_file", path, "--n_tokens_to_generate", 6, "--models_dir", models_dir,
-                       "--batch_size", size, "--temperature", "0.9", "--top_k", "10", "--seed", "4").stdout
+    outputs = [run_gpt2("--prompts_file", path, "--n_tokens_to_generate", 6, "--models_dir", models_dir,
+                        "--batch_size", size, "--temperature", "0.9", "--top_k", "10", "--seed", "4").stdout
                for size in (1, 3, 8)]
     assert outputs[0] == outputs[1] == outputs[2] != b""
 
 
 def test_output_file_gets_exactly_the_records_stdout_would(models_dir, tmp_path):
     path = write_prompts(tmp_path / "prompts.txt", ["alpha", "beta", "gamma"])
-    to_stdout = run_cli("--prompts_file", path, "--n_tokens_to_generate", 5, "--models_dir", models_dir)
-    result = run_cli("--prompts_file", path, "--n_tokens_to_generate", 5, "--models_dir", models_dir,
-                     "--output", tmp_path / "out.jsonl")
+    to_stdout = run_gpt2("--prompts_file", path, "--n_tokens_to_generate", 5, "--models_dir", models_dir)
+    result = run_gpt2("--prompts_file", path, "--n_tokens_to_generate", 5, "--models_dir", models_dir,
+                      "--output", tmp_path / "out.jsonl")
     assert result.returncode == 0 and result.stdout == b""
     assert (tmp_path / "out.jsonl").read_bytes() == to_stdout.stdout
 
@@ -143,7 +134,7 @@ def test_a_run_killed_midway_continues_without_repeating_or_losing_a_prompt(mode
     prompts = [f"Prompt number {i} says" for i in range(150)]
     path = write_prompts(tmp_path / "prompts.txt", prompts)
     args = ["--prompts_file", path, "--n_tokens_to_generate", 20, "--models_dir", models_dir, "--batch_size", 2]
-    complete = run_cli(*args).stdout
+    complete = run_gpt2(*args).stdout
     output = tmp_path / "out.jsonl"
     env = dict(os.environ, GPT2_BASE_URL="http://127.0.0.1:9/gpt-2/models")
     command = [sys.executable, os.path.join(REPO_DIR, "gpt2.py"), *map(str, args), "--output", str(output)]
@@ -155,7 +146,7 @@ def test_a_run_killed_midway_continues_without_repeating_or_losing_a_prompt(mode
     process.wait()
     lines_when_killed = output.read_bytes().count(b"\n")
     assert 10 <= lines_when_killed < len(prompts), "the kill should land in the middle of the run"
-    resumed = run_cli(*args, "--output", output)
+    resumed = run_gpt2(*args, "--output", output)
     assert resumed.returncode == 0, resumed.stderr.decode()
     assert output.read_bytes() == complete
 
@@ -163,11 +154,11 @@ def test_a_run_killed_midway_continues_without_repeating_or_losing_a_prompt(mode
 def test_a_record_cut_off_mid_line_is_rewritten_on_resume(models_dir, tmp_path):
     path = write_prompts(tmp_path / "prompts.txt", ["one", "two", "three", "four"])
     args = ["--prompts_file", path, "--n_tokens_to_generate", 5, "--models_dir", models_dir, "--batch_size", 1]
-    complete = run_cli(*args).stdout
+    complete = run_gpt2(*args).stdout
     second_line_end = complete.index(b"\n", complete.index(b"\n") + 1)
     output = tmp_path / "out.jsonl"
     output.write_bytes(complete[: second_line_end - 7])  # as if killed while writing record 2
-    assert run_cli(*args, "--output", output).returncode == 0
+    assert run_gpt2(*args, "--output", output).returncode == 0
     assert output.read_bytes() == complete
 
 
@@ -192,7 +183,7 @@ def test_bad_prompts_file_is_a_one_line_error_and_the_output_is_kept(models_dir,
     output = tmp_path / "out.jsonl"
     output.write_bytes(b'{"line": 1, "prompt": "earlier", "completion": "work", "tokens": []}\n')
     before = md5(output)
-    result = run_cli("--prompts_file", path, "--models_dir", models_dir, "--output", output)
+    result = run_gpt2("--prompts_file", path, "--models_dir", models_dir, "--output", output)
     stderr = result.stderr.decode()
     assert result.returncode != 0 and stderr.count("\n") == 1 and "Traceback" not in stderr, stderr
     assert message in stderr
@@ -206,7 +197,7 @@ def test_unreadable_prompts_file_is_a_one_line_error_naming_it(models_dir, tmp_p
         path.mkdir()
     elif which == "not utf-8":
         path.write_bytes(b"caf\xe9\n")
-    result = run_cli("--prompts_file", path, "--models_dir", models_dir)
+    result = run_gpt2("--prompts_file", path, "--models_dir", models_dir)
     stderr = result.stderr.decode()
     assert result.returncode != 0 and stderr.count("\n") == 1 and str(path) in stderr, stderr
 
@@ -216,7 +207,7 @@ def test_output_from_other_prompts_is_refused_and_left_alone(models_dir, tmp_pat
     output = tmp_path / "out.jsonl"
     output.write_bytes(b'{"line": 1, "prompt": "something else", "completion": "", "tokens": []}\n')
     before = md5(output)
-    result = run_cli("--prompts_file", path, "--models_dir", models_dir, "--output", output)
+    result = run_gpt2("--prompts_file", path, "--models_dir", models_dir, "--output", output)
     assert result.returncode != 0 and "not this run's record" in result.stderr.decode()
     assert md5(output) == before
 
@@ -225,7 +216,7 @@ def test_output_that_is_not_ours_is_refused_and_left_alone(models_dir, tmp_path)
     path = write_prompts(tmp_path / "prompts.txt", ["one"])
     output = tmp_path / "notes.txt"
     output.write_bytes(b"my precious notes without a final newline")
-    result = run_cli("--prompts_file", path, "--models_dir", models_dir, "--output", output)
+    result = run_gpt2("--prompts_file", path, "--models_dir", models_dir, "--output", output)
     assert result.returncode != 0 and "did not write" in result.stderr.decode()
     assert output.read_bytes() == b"my precious notes without a final newline"
 
@@ -237,7 +228,7 @@ def test_output_that_is_not_ours_is_refused_and_left_alone(models_dir, tmp_path)
     (["--prompts_file", "p.txt", "--batch_size", "0"], "--batch_size"),
 ])
 def test_conflicting_options_are_a_one_line_error(args, message):
-    result = run_cli(*args)
+    result = run_gpt2(*args)
     stderr = result.stderr.decode()
     assert result.returncode != 0 and stderr.count("\n") == 1 and message in stderr, stderr
 
@@ -264,9 +255,9 @@ def test_with_a_seed_each_prompt_draws_by_its_place_in_the_file_and_a_records_ow
     "seed" is used as it is, like --seed for a single prompt. Top_k 10, as above."""
     path = tmp_path / "prompts.jsonl"
     path.write_text('{"prompt": "Same"}\n{"prompt": "Same"}\n{"prompt": "Same", "seed": 11}\n', encoding="utf-8")
-    result = run_cli("--prompts_file", path, "--n_tokens_to_generate", 8, "--models_dir", models_dir,
-                     "--temperature", "0.9", "--top_k", "10", "--seed", "4", "--ignore_eos")
-    got = [record["tokens"] for record in records(result.stdout)]
+    result = run_gpt2("--prompts_file", path, "--n_tokens_to_generate", 8, "--models_dir", models_dir,
+                      "--temperature", "0.9", "--top_k", "10", "--seed", "4", "--ignore_eos")
+    got = [record["tokens"] for record in json_lines(result.stdout)]
     hparams, params = load_fixture("tiny-b")
     expected = []
     for seed in ([4, 0], [4, 1], 11):

@@ -1,14 +1,11 @@
 """--prompts_file in OpenAI's Batch format: a completions request per line, a response per line."""
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
 import gpt2
 import reference
-from conftest import REPO_DIR, load_fixture, symlinked_models_dir
+from conftest import json_lines, load_fixture, run_gpt2, symlinked_models_dir
 from encoder import get_encoder
 
 
@@ -22,12 +19,6 @@ def encoder():
     return get_encoder("tiny-b", reference.FIXTURES_DIR)
 
 
-def run_cli(*args):
-    env = dict(os.environ, GPT2_BASE_URL="http://127.0.0.1:9/gpt-2/models")
-    return subprocess.run([sys.executable, os.path.join(REPO_DIR, "gpt2.py"), *map(str, args)],
-                          capture_output=True, env=env, timeout=120)
-
-
 def request(custom_id, **body):
     return {"custom_id": custom_id, "method": "POST", "url": "/v1/completions",
             "body": {"model": "gpt-3.5-turbo-instruct", **body}}
@@ -39,10 +30,6 @@ def write_lines(path, lines):
     return path
 
 
-def records(data):
-    return [json.loads(line) for line in data.decode("utf-8").splitlines()]
-
-
 GOOD = [request(f"greedy-{i}", prompt=f"Request number {i} says", max_tokens=6, temperature=0) for i in range(20)] + [
     request("seeded", prompt=["one", "two"], max_tokens=5, seed=7, n=2, logprobs=2),
     request("echo", prompt="Echo this", max_tokens=0, echo=True, logprobs=1),
@@ -52,9 +39,9 @@ GOOD = [request(f"greedy-{i}", prompt=f"Request number {i} says", max_tokens=6, 
 def test_each_line_gets_its_response_in_input_order_with_its_model_copied(models_dir, encoder, tmp_path):
     lines = GOOD[:3] + [request("other-model", prompt="Hi", max_tokens=3, temperature=0)]
     lines[-1]["body"]["model"] = "davinci-002"
-    result = run_cli("--prompts_file", write_lines(tmp_path / "batch.jsonl", lines), "--models_dir", models_dir)
+    result = run_gpt2("--prompts_file", write_lines(tmp_path / "batch.jsonl", lines), "--models_dir", models_dir)
     assert result.returncode == 0, result.stderr.decode()
-    got = records(result.stdout)
+    got = json_lines(result.stdout)
     assert [r["custom_id"] for r in got] == [line["custom_id"] for line in lines]
     assert [list(r) for r in got] == [["id", "custom_id", "response", "error"]] * 4
     hparams, params = load_fixture("tiny-b")
@@ -74,9 +61,9 @@ def test_a_bad_line_becomes_an_error_record_and_the_job_goes_on(models_dir, tmp_
              request("too-long", prompt="x", max_tokens=1000), request("bad-field", prompt="x", temperature=9),
              request("stream", prompt="x", stream=True), "[1, 2]\n", GOOD[1]]
     lines[2]["url"] = "/v1/chat/completions"
-    result = run_cli("--prompts_file", write_lines(tmp_path / "batch.jsonl", lines), "--models_dir", models_dir)
+    result = run_gpt2("--prompts_file", write_lines(tmp_path / "batch.jsonl", lines), "--models_dir", models_dir)
     assert result.returncode == 0, result.stderr.decode()
-    got = records(result.stdout)
+    got = json_lines(result.stdout)
     assert len(got) == len(lines)
     assert [r["custom_id"] for r in got] == ["greedy-0", None, "chat", None, "too-long", "bad-field", "stream", None,
                                              "greedy-1"]
@@ -91,31 +78,31 @@ def test_a_bad_line_becomes_an_error_record_and_the_job_goes_on(models_dir, tmp_
 def test_the_same_file_gives_the_same_bytes_and_seeded_choices_differ(models_dir, tmp_path):
     """The ids come from each line, "created" from the file: a rerun (or a resumed run) writes the same bytes."""
     path = write_lines(tmp_path / "batch.jsonl", GOOD)
-    first, second = (run_cli("--prompts_file", path, "--models_dir", models_dir).stdout for _ in range(2))
+    first, second = (run_gpt2("--prompts_file", path, "--models_dir", models_dir).stdout for _ in range(2))
     assert first == second != b""
-    seeded = records(first)[20]["response"]["body"]
+    seeded = json_lines(first)[20]["response"]["body"]
     assert len(seeded["choices"]) == 4 and len({c["text"] for c in seeded["choices"]}) > 1
     assert seeded["choices"][0]["logprobs"]["top_logprobs"][0]
-    echo = records(first)[21]["response"]["body"]["choices"][0]
+    echo = json_lines(first)[21]["response"]["body"]["choices"][0]
     assert echo["text"] == "Echo this" and echo["logprobs"]["token_logprobs"][0] is None
 
 
 def test_resume_writes_exactly_the_uninterrupted_output(models_dir, tmp_path):
     path = write_lines(tmp_path / "batch.jsonl", GOOD)
     args = ["--prompts_file", path, "--models_dir", models_dir, "--batch_size", 2]  # chunks of 8 lines
-    complete = run_cli(*args).stdout
+    complete = run_gpt2(*args).stdout
     output = tmp_path / "out.jsonl"
     cut = [i for i, byte in enumerate(complete) if byte == ord("\n")][10] + 40
     output.write_bytes(complete[:cut])
-    result = run_cli(*args, "--output", output)
+    result = run_gpt2(*args, "--output", output)
     assert result.returncode == 0, result.stderr.decode()
     assert output.read_bytes() == complete
 
 
 def test_output_of_another_batch_file_is_refused(models_dir, tmp_path):
     output = tmp_path / "out.jsonl"
-    assert run_cli("--prompts_file", write_lines(tmp_path / "a.jsonl", GOOD[:2]), "--models_dir", models_dir,
-                   "--output", output).returncode == 0
-    other = run_cli("--prompts_file", write_lines(tmp_path / "b.jsonl", GOOD[2:4]), "--models_dir", models_dir,
-                    "--output", output)
+    assert run_gpt2("--prompts_file", write_lines(tmp_path / "a.jsonl", GOOD[:2]), "--models_dir", models_dir,
+                    "--output", output).returncode == 0
+    other = run_gpt2("--prompts_file", write_lines(tmp_path / "b.jsonl", GOOD[2:4]), "--models_dir", models_dir,
+                     "--output", output)
     assert other.returncode == 1 and b"is not this run's record" in other.stderr

@@ -6,7 +6,6 @@ moves each log-probability by round-off (~1e-6), and averaging does not grow it.
 """
 import json
 import os
-import subprocess
 import sys
 
 import numpy as np
@@ -15,7 +14,7 @@ import pytest
 import corpus
 import gpt2
 import reference
-from conftest import REPO_DIR, load_fixture, run_on_terminal, symlinked_models_dir
+from conftest import REPO_DIR, json_lines, load_fixture, run_gpt2, run_on_terminal, symlinked_models_dir
 from encoder import get_encoder
 
 TOLERANCE = 1e-4
@@ -40,19 +39,9 @@ def encoder():
     return get_encoder("tiny-a", reference.FIXTURES_DIR)
 
 
-def run_cli(*args):
-    env = dict(os.environ, GPT2_BASE_URL="http://127.0.0.1:9/gpt-2/models")
-    return subprocess.run([sys.executable, os.path.join(REPO_DIR, "gpt2.py"), *map(str, args)],
-                          capture_output=True, env=env, timeout=120)
-
-
 def write_corpus(path, documents):
     path.write_text("".join(json.dumps(d, ensure_ascii=False) + "\n" for d in documents), encoding="utf-8")
     return path
-
-
-def records(data):
-    return [json.loads(line) for line in data.decode("utf-8").splitlines()]
 
 
 def test_each_record_equals_scoring_its_document_alone(encoder, monkeypatch):
@@ -61,8 +50,8 @@ def test_each_record_equals_scoring_its_document_alone(encoder, monkeypatch):
     monkeypatch.setattr(corpus, "PACK_TOKENS", 100)
     hparams, params = load_fixture("tiny-a")
     documents = [corpus.Document(i + 1, d.get("id"), d["text"]) for i, d in enumerate(DOCUMENTS)]
-    packed = [json.loads(r) for r in corpus.score_documents(documents, encoder, params, hparams["n_head"], STRIDE,
-                                                            with_tokens=True)]
+    records, _ = corpus.score_documents(documents, encoder, params, hparams["n_head"], STRIDE, with_tokens=True)
+    packed = [json.loads(r) for r in records]
     assert any(len(encoder.encode(d["text"])) > hparams["n_ctx"] for d in DOCUMENTS)
     for document, record in zip(DOCUMENTS, packed):
         tokens = encoder.encode(document["text"])
@@ -76,15 +65,15 @@ def test_each_record_equals_scoring_its_document_alone(encoder, monkeypatch):
 
 def test_cli_records_equal_score_json_of_each_document_alone(models_dir, tmp_path):
     documents = DOCUMENTS[:5]
-    result = run_cli("--score", write_corpus(tmp_path / "docs.jsonl", documents), "--json", "--stride", STRIDE,
-                     "--models_dir", models_dir)
+    result = run_gpt2("--score", write_corpus(tmp_path / "docs.jsonl", documents), "--json", "--stride", STRIDE,
+                      "--models_dir", models_dir)
     assert result.returncode == 0, result.stderr.decode()
-    got = records(result.stdout)
+    got = json_lines(result.stdout)
     assert [(r["line"], r["id"]) for r in got] == [(i + 1, d.get("id")) for i, d in enumerate(documents)]
     for i, (document, record) in enumerate(zip(documents, got)):
         text = tmp_path / f"doc{i}.txt"
         text.write_text(document["text"], encoding="utf-8")
-        alone = json.loads(run_cli("--score", text, "--json", "--stride", STRIDE, "--models_dir", models_dir).stdout)
+        alone = json.loads(run_gpt2("--score", text, "--json", "--stride", STRIDE, "--models_dir", models_dir).stdout)
         assert record["n_tokens_scored"] == alone["n_tokens_scored"] and record["stride"] == alone["stride"]
         for key in ("avg_nll", "perplexity"):
             assert record[key] == pytest.approx(alone[key], abs=TOLERANCE, rel=TOLERANCE), key
@@ -93,8 +82,8 @@ def test_cli_records_equal_score_json_of_each_document_alone(models_dir, tmp_pat
 
 
 def test_without_json_a_record_holds_the_numbers_only(models_dir, tmp_path):
-    result = run_cli("--score", write_corpus(tmp_path / "docs.jsonl", DOCUMENTS[:2]), "--models_dir", models_dir)
-    assert [sorted(r) for r in records(result.stdout)] == [
+    result = run_gpt2("--score", write_corpus(tmp_path / "docs.jsonl", DOCUMENTS[:2]), "--models_dir", models_dir)
+    assert [sorted(r) for r in json_lines(result.stdout)] == [
         ["avg_nll", "id", "line", "n_tokens_scored", "perplexity", "stride"]] * 2
 
 
@@ -103,9 +92,9 @@ def test_a_bad_record_becomes_an_error_record_and_the_job_goes_on(models_dir, tm
     path.write_text('{"text": "A good one here", "id": 1}\n{"text": "", "id": 2}\n{"text": 5, "id": 3}\n'
                     'not json\n[1, 2]\n{"text": "x"}\n{"text": "ok", "id": {"a": 1}}\n\n'
                     '{"text": "The last good one", "id": 9}\n', encoding="utf-8")
-    result = run_cli("--score", path, "--models_dir", models_dir)
+    result = run_gpt2("--score", path, "--models_dir", models_dir)
     assert result.returncode == 0, result.stderr.decode()
-    got = records(result.stdout)
+    got = json_lines(result.stdout)
     assert [r["line"] for r in got] == [1, 2, 3, 4, 5, 6, 7, 9]
     assert [r["id"] for r in got] == [1, 2, 3, None, None, None, None, 9]
     assert ["error" in r for r in got] == [False, True, True, True, True, True, True, False]
@@ -118,23 +107,23 @@ def test_resume_writes_exactly_the_uninterrupted_output(models_dir, tmp_path):
     recomputes that chunk and writes only what is missing."""
     path = write_corpus(tmp_path / "docs.jsonl", DOCUMENTS)
     args = ["--score", path, "--stride", STRIDE, "--models_dir", models_dir, "--json"]
-    complete = run_cli(*args).stdout
+    complete = run_gpt2(*args).stdout
     output = tmp_path / "out.jsonl"
     cut = [i for i, byte in enumerate(complete) if byte == ord("\n")][69] + 30
     output.write_bytes(complete[:cut])
-    result = run_cli(*args, "--output", output)
+    result = run_gpt2(*args, "--output", output)
     assert result.returncode == 0, result.stderr.decode()
     assert output.read_bytes() == complete
 
 
 def test_output_of_another_corpus_is_refused_and_left_alone(models_dir, tmp_path):
     output = tmp_path / "out.jsonl"
-    first = run_cli("--score", write_corpus(tmp_path / "a.jsonl", DOCUMENTS[:3]), "--models_dir", models_dir,
-                    "--output", output)
+    first = run_gpt2("--score", write_corpus(tmp_path / "a.jsonl", DOCUMENTS[:3]), "--models_dir", models_dir,
+                     "--output", output)
     assert first.returncode == 0
     before = output.read_bytes()
-    other = run_cli("--score", write_corpus(tmp_path / "b.jsonl", DOCUMENTS[3:6]), "--models_dir", models_dir,
-                    "--output", output)
+    other = run_gpt2("--score", write_corpus(tmp_path / "b.jsonl", DOCUMENTS[3:6]), "--models_dir", models_dir,
+                     "--output", output)
     assert other.returncode == 1 and b"is not this run's record" in other.stderr
     assert len(other.stderr.strip().splitlines()) == 1
     assert output.read_bytes() == before
@@ -151,6 +140,6 @@ def test_a_corpus_shows_documents_done_on_a_terminal(models_dir, tmp_path):
 
 
 def test_explain_is_refused_for_a_corpus(models_dir, tmp_path):
-    result = run_cli("--score", write_corpus(tmp_path / "docs.jsonl", DOCUMENTS[:1]), "--explain",
-                     tmp_path / "x.html", "--models_dir", models_dir)
+    result = run_gpt2("--score", write_corpus(tmp_path / "docs.jsonl", DOCUMENTS[:1]), "--explain",
+                      tmp_path / "x.html", "--models_dir", models_dir)
     assert result.returncode == 2 and b"--explain goes with --score of one text" in result.stderr

@@ -2,13 +2,10 @@
 the nodes, and the output is still byte for byte what one process writes with the same --threads."""
 import importlib.util
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
-from conftest import REPO_DIR, symlinked_models_dir
+from conftest import run_gpt2, symlinked_models_dir
 from ray_cluster import two_node_cluster
 
 if importlib.util.find_spec("ray") is None:  # not imported here: Ray reads its settings from the environment once
@@ -16,9 +13,7 @@ if importlib.util.find_spec("ray") is None:  # not imported here: Ray reads its 
 
 
 def run_cli(*args):
-    env = dict(os.environ, GPT2_BASE_URL="http://127.0.0.1:9/gpt-2/models")
-    return subprocess.run([sys.executable, os.path.join(REPO_DIR, "gpt2.py"), "--threads", "1", *map(str, args)],
-                          capture_output=True, env=env, timeout=300)
+    return run_gpt2("--threads", "1", *args, timeout=300)
 
 
 @pytest.mark.slow

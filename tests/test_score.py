@@ -5,16 +5,13 @@ float32 (about 1e-6 relative each) and averaging only shrinks that error.
 """
 import json
 import math
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 import gpt2
 import reference
-from conftest import REPO_DIR, load_fixture, symlinked_models_dir
+from conftest import load_fixture, run_gpt2, symlinked_models_dir
 from encoder import get_encoder
 
 RTOL = 1e-4
@@ -107,16 +104,10 @@ def models_dir(tmp_path_factory):
     return symlinked_models_dir(tmp_path_factory, {"124M": "tiny-a", "355M": "tiny-b"})
 
 
-def run_cli(*args, stdin=None):
-    env = dict(os.environ, GPT2_BASE_URL="http://127.0.0.1:9/gpt-2/models")
-    return subprocess.run([sys.executable, os.path.join(REPO_DIR, "gpt2.py"), *map(str, args)],
-                          capture_output=True, env=env, timeout=120, input=stdin)
-
-
 def test_score_prints_nll_and_perplexity(models_dir, encoder, tmp_path):
     text_file = tmp_path / "text.txt"
     text_file.write_text(reference.SCORE_TEXT, encoding="utf-8")
-    result = run_cli("--score", text_file, "--models_dir", models_dir)
+    result = run_gpt2("--score", text_file, "--models_dir", models_dir)
     assert result.returncode == 0, result.stderr.decode()
     lines = result.stdout.decode().splitlines()
     n_scored = len(encoder.encode(reference.SCORE_TEXT)) - 1
@@ -133,7 +124,7 @@ def test_score_on_a_model_whose_n_head_differs_from_n_layer_matches_transformers
     """tiny-b has 4 heads and 3 layers: passing one hyperparameter for the other cannot go unseen."""
     text_file = tmp_path / "text.txt"
     text_file.write_text(reference.SCORE_TEXT, encoding="utf-8")
-    result = run_cli("--score", text_file, "--models_dir", models_dir, "--model_size", "355M", "--json")
+    result = run_gpt2("--score", text_file, "--models_dir", models_dir, "--model_size", "355M", "--json")
     assert result.returncode == 0, result.stderr.decode()
     report = json.loads(result.stdout)
     assert report["stride"] == 32  # tiny-b's n_ctx // 2
@@ -143,7 +134,7 @@ def test_score_on_a_model_whose_n_head_differs_from_n_layer_matches_transformers
 def test_score_json_lists_every_tokens_log_probability(models_dir, encoder, tmp_path):
     text_file = tmp_path / "text.txt"
     text_file.write_text(reference.SCORE_TEXT, encoding="utf-8")
-    result = run_cli("--score", text_file, "--models_dir", models_dir, "--json", "--stride", 5)
+    result = run_gpt2("--score", text_file, "--models_dir", models_dir, "--json", "--stride", 5)
     report = json.loads(result.stdout)
     tokens = encoder.encode(reference.SCORE_TEXT)
     assert [t["token"] for t in report["tokens"]] == tokens[1:]
@@ -156,8 +147,8 @@ def test_score_json_lists_every_tokens_log_probability(models_dir, encoder, tmp_
 def test_score_reads_standard_input_for_dash(models_dir, tmp_path):
     text_file = tmp_path / "text.txt"
     text_file.write_text(reference.SCORE_TEXT, encoding="utf-8")
-    from_file = run_cli("--score", text_file, "--models_dir", models_dir)
-    from_stdin = run_cli("--score", "-", "--models_dir", models_dir, stdin=reference.SCORE_TEXT.encode("utf-8"))
+    from_file = run_gpt2("--score", text_file, "--models_dir", models_dir)
+    from_stdin = run_gpt2("--score", "-", "--models_dir", models_dir, stdin=reference.SCORE_TEXT.encode("utf-8"))
     assert from_stdin.returncode == 0 and from_stdin.stdout == from_file.stdout
 
 
@@ -170,12 +161,12 @@ def test_score_reads_standard_input_for_dash(models_dir, tmp_path):
 def test_bad_score_input_is_a_one_line_error(models_dir, tmp_path, content, extra, message):
     text_file = tmp_path / "text.txt"
     text_file.write_bytes(content)
-    result = run_cli("--score", text_file, "--models_dir", models_dir, *extra)
+    result = run_gpt2("--score", text_file, "--models_dir", models_dir, *extra)
     stderr = result.stderr.decode()
     assert result.returncode != 0 and stderr.count("\n") == 1 and "Traceback" not in stderr, stderr
     assert message in stderr
 
 
 def test_missing_score_file_is_a_one_line_error_naming_it(models_dir, tmp_path):
-    result = run_cli("--score", tmp_path / "nope.txt", "--models_dir", models_dir)
+    result = run_gpt2("--score", tmp_path / "nope.txt", "--models_dir", models_dir)
     assert result.returncode != 0 and "nope.txt" in result.stderr.decode()
