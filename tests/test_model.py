@@ -67,6 +67,29 @@ def test_gelu_equals_the_float64_tanh_form_everywhere_and_never_gives_a_subnorma
     assert not ((ours != 0) & (np.abs(ours) < tiny)).any()
 
 
+def test_gelu_in_row_blocks_equals_the_float64_tanh_form_for_every_block_size(monkeypatch):
+    """gpt2.gelu runs GELU_ROWS rows at a time; blocks of 1, 3 (7 rows: a partial last block) and
+    64 (one block) give the tanh form within 1e-6, as at once, into a new float32 array."""
+    x = np.random.default_rng(5).standard_normal((7, 33), dtype=np.float32) * 4
+    x64 = x.astype(np.float64)
+    expected = 0.5 * x64 * (1 + np.tanh(math.sqrt(2 / math.pi) * (x64 + 0.044715 * x64**3)))
+    for rows in (1, 3, 64):
+        monkeypatch.setattr(gpt2, "GELU_ROWS", rows)
+        ours = gpt2.gelu(x)
+        assert ours.dtype == np.float32 and ours.shape == x.shape
+        np.testing.assert_allclose(ours, expected, rtol=1e-6, atol=1e-6, err_msg=f"GELU_ROWS={rows}")
+
+
+def test_gelu_never_overflows_or_underflows_inside():
+    """Both sides of the clamp on -2u: above 88.7 exp would overflow, and below -87 it would give
+    subnormals (slow) and then 0 with an underflow; for x from 1e-10 to 1e4 in size, either sign,
+    nothing over- or underflows. (Without the lower clamp, x = 20 already underflows.)"""
+    size = np.concatenate([np.geomspace(1e-10, 1e4, 3000), np.linspace(0, 1e4, 3001)[1:]])
+    x = np.concatenate([size, -size]).astype(np.float32)
+    with np.errstate(over="raise", under="raise"):
+        gpt2.gelu(x)
+
+
 def test_layer_norm_of_a_low_variance_row_equals_the_float64_definition():
     """(x - mean) / sqrt(var + eps) * g + b. On a row whose variance (1e-6) is far below eps (1e-5),
     putting eps outside the square root, or dropping it, changes the output by more than 10%;
