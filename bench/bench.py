@@ -31,6 +31,10 @@ What the numbers mean:
   for the head), as tokens/s = 1 / time. Reading every weight once is the floor of a decode step.
   It is measured in the same rounds as decode, so their ratio means the same on any machine
   (bench/report.py's targets are such ratios, not tokens per second).
+- matrix-only prefill: likewise, just the weight products of the 500-token prefill (those rows of
+  every block's products, the last block's after c_attn and the head on the last row only). Not a
+  target: its share of transformers' prefill time shows how much room the prefill target leaves
+  for attention, GELU and the rest on this machine.
 - whole CLI: wall time of `python gpt2.py PROMPT --n_tokens_to_generate 40 ...` (10-token prompt)
   from start to exit, its CPU time and its peak resident memory (ru_maxrss from os.wait4), after one
   untimed run so that the weights are in the page cache. transformers: the same for
@@ -208,6 +212,28 @@ def matrix_only_step(params: dict, rows: int = 1) -> Callable[[], None]:
     return step
 
 
+def matrix_only_prefill(params: dict, n_rows: int) -> Callable[[], None]:
+    """A function doing just the weight products of one n_rows-token prompt pass, as gpt2.py does
+    them: every block's four on all rows, except that after the last block's c_attn only the last
+    row goes on, and the head runs on that row only."""
+    rng = np.random.default_rng(0)
+    n_embd = params["wpe"].shape[1]
+    x = rng.standard_normal((n_rows, n_embd), dtype=np.float32)
+    h = rng.standard_normal((n_rows, 4 * n_embd), dtype=np.float32)
+    blocks, wte = params["blocks"], params["wte"]
+
+    def prefill() -> None:
+        for layer, block in enumerate(blocks):
+            x @ block["attn"]["c_attn"]["w"]
+            rows = slice(-1, None) if layer == len(blocks) - 1 else slice(None)
+            x[rows] @ block["attn"]["c_proj"]["w"]
+            x[rows] @ block["mlp"]["c_fc"]["w"]
+            h[rows] @ block["mlp"]["c_proj"]["w"]
+        x[-1] @ wte.T
+
+    return prefill
+
+
 def english_prompt(tokenizer: "transformers.GPT2Tokenizer", n_tokens: int) -> list[int]:
     """The first n_tokens of Python's own LICENSE.txt: plain English prose that stays the same from
     run to run (and between the runs before and after a change), whatever this repository's files say."""
@@ -237,6 +263,7 @@ def measure_in_process(
 ) -> None:
     """Rounds alternating ours / transformers / pico, each figure in seconds, added to samples."""
     matrix_step = matrix_only_step(params)
+    prefill_products = matrix_only_prefill(params, len(prompts["long"]))
     for round_ in range(counts["rounds"]):
         print(f"  round {round_ + 1}/{counts['rounds']}", flush=True)
         samples.add("busy_share_before_round", wait_for_quiet(counts["max_wait"]))
@@ -252,6 +279,7 @@ def measure_in_process(
         samples.measure("pico_decode_short", lambda: generation_steps_seconds(pico, counts["pico_new"]))
         passes = lambda: statistics.median(seconds(matrix_step) for _ in range(counts["matrix_passes"]))
         samples.measure("matrix_only_step", passes)
+        samples.measure("matrix_only_prefill_long", lambda: seconds(prefill_products))
         for size in BATCH_SIZES:
             batch = batch_prompts(prompts["short"], size)
             run_batch = lambda: seconds(engine_completions, batch, params, n_head, counts["batch_new"])
