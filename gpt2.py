@@ -34,9 +34,6 @@ def gelu(x):
     cache between them.
     """
     out = np.empty_like(x)
-    if len(x) <= GELU_ROWS:  # a decoding step's few rows: one block, without the loop's overhead
-        gelu_into(x, out)
-        return out
     rows, out_rows = x.reshape(-1, x.shape[-1]), out.reshape(-1, x.shape[-1])  # [..., n] -> [rows, n]
     for begin in range(0, len(rows), GELU_ROWS):
         gelu_into(rows[begin : begin + GELU_ROWS], out_rows[begin : begin + GELU_ROWS])
@@ -53,9 +50,9 @@ def gelu_into(x, y):
     y *= x  # -2u
     # exp overflows past 88.7 (with a warning): at -2u = 80, x is about -9.7 and GELU -2e-34; at -80
     # exp gives 1.8e-35 and 1 + that is 1, where below -87 it would give slow subnormals. So the clamp
-    # changes nothing that matters, and keeps x / y a finite, normal float32.
-    # the method, not np.clip (whose Python wrapper costs a decoding step's row 3 us), and float32 bounds:
-    # np.minimum with a scalar takes a path twice as slow
+    # changes nothing that matters, and keeps x / y a finite, normal float32. The clip method, not np.clip
+    # (whose Python wrapper costs a decoding step's row 3 us), with float32 bounds: np.minimum with a
+    # scalar takes a path twice as slow.
     y.clip(np.float32(-80), np.float32(80), out=y)
     np.exp(y, out=y)
     y += 1

@@ -66,9 +66,9 @@ def format_table(f: dict[str, float], targets: list[dict], info: dict) -> str:
 
     ms = lambda s: f"{1000 * s:10.1f}"
     rate = lambda r: f"{r:10.1f}"
-    prefill_products_share = f["matrix_only_prefill_long_seconds"] / f["transformers_prefill_long_seconds"]
     sec = lambda s: f"{s:10.2f}"
     mib = lambda b: f"{b / 2**20:10.0f}"
+    prefill_products_share = f["matrix_only_prefill_long_seconds"] / f["transformers_prefill_long_seconds"]
     rows = [
         row("prefill, 10-token prompt (ms)", "{}_prefill_short_seconds", ms),
         row("prefill, 500 random tokens (ms)", "{}_prefill_long_seconds", ms),

@@ -12,7 +12,7 @@ import pytest
 
 import gpt2
 import reference
-from conftest import REPO_DIR, engine_completions, json_lines, load_fixture, run_gpt2, symlinked_models_dir
+from conftest import OFFLINE_ENV, REPO_DIR, engine_completions, json_lines, load_fixture, run_gpt2, symlinked_models_dir
 from encoder import get_encoder
 from engine import Engine
 from settings import Settings
@@ -136,7 +136,7 @@ def test_a_run_killed_midway_continues_without_repeating_or_losing_a_prompt(mode
     args = ["--prompts_file", path, "--n_tokens_to_generate", 20, "--models_dir", models_dir, "--batch_size", 2]
     complete = run_gpt2(*args).stdout
     output = tmp_path / "out.jsonl"
-    env = dict(os.environ, GPT2_BASE_URL="http://127.0.0.1:9/gpt-2/models")
+    env = dict(os.environ, **OFFLINE_ENV)
     command = [sys.executable, os.path.join(REPO_DIR, "gpt2.py"), *map(str, args), "--output", str(output)]
     process = subprocess.Popen(command, env=env)
     deadline = time.monotonic() + 60
@@ -242,7 +242,7 @@ def test_running_out_of_memory_is_a_one_line_error(models_dir, tmp_path):
         "gpt2.KVCache = no_memory\n"
         "cli.main(['--prompts_file', sys.argv[2], '--models_dir', sys.argv[3]])\n"
     )
-    env = dict(os.environ, GPT2_BASE_URL="http://127.0.0.1:9/gpt-2/models")
+    env = dict(os.environ, **OFFLINE_ENV)
     result = subprocess.run([sys.executable, "-c", script, REPO_DIR, str(path), str(models_dir)],
                             capture_output=True, env=env, timeout=60)
     stderr = result.stderr.decode()

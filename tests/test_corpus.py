@@ -14,7 +14,7 @@ import pytest
 import corpus
 import gpt2
 import reference
-from conftest import REPO_DIR, json_lines, load_fixture, run_gpt2, run_on_terminal, symlinked_models_dir
+from conftest import OFFLINE_ENV, REPO_DIR, json_lines, load_fixture, run_gpt2, run_on_terminal, symlinked_models_dir
 from encoder import get_encoder
 
 TOLERANCE = 1e-4
@@ -131,7 +131,7 @@ def test_output_of_another_corpus_is_refused_and_left_alone(models_dir, tmp_path
 
 def test_a_corpus_shows_documents_done_on_a_terminal(models_dir, tmp_path):
     path = write_corpus(tmp_path / "docs.jsonl", DOCUMENTS[:10])
-    env = dict(os.environ, GPT2_BASE_URL="http://127.0.0.1:9/gpt-2/models")
+    env = dict(os.environ, **OFFLINE_ENV)
     status, stdout, screen = run_on_terminal(
         [sys.executable, os.path.join(REPO_DIR, "gpt2.py"), "--score", str(path), "--models_dir", str(models_dir)], env)
     assert status == 0, screen
